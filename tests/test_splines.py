@@ -1,0 +1,148 @@
+"""Circular rational-quadratic splines: a C^1 diffeomorphism of the circle, exactly invertible."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gaugeflow.flows.splines import (
+    TWO_PI,
+    n_spline_params,
+    spline_forward,
+    spline_inverse,
+    spline_knots,
+)
+
+N_BINS = 8
+
+
+def random_params(n: int, dtype: torch.dtype, scale: float = 2.0, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(n, n_spline_params(N_BINS), generator=gen, dtype=dtype)
+
+
+def test_zero_parameters_give_the_identity():
+    x = torch.linspace(0, TWO_PI, 101, dtype=torch.float64)
+    y, log_slope = spline_forward(x, torch.zeros(101, 3 * N_BINS, dtype=torch.float64))
+    torch.testing.assert_close(y, x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(log_slope, torch.zeros_like(x), rtol=0, atol=1e-12)
+
+
+def test_knots_span_the_circle_and_increase():
+    xs, ys, slopes = spline_knots(random_params(50, torch.float32, scale=10.0))
+    for knots in (xs, ys):
+        assert (knots[:, 0] == 0).all() and (knots[:, -1] == TWO_PI).all()
+        assert (knots.diff(dim=-1) > 0).all(), "knots must increase strictly"
+    assert (slopes > 0).all()
+    # the slope at 2pi is the slope at 0: the map is C^1 on the circle
+    assert torch.equal(slopes[:, 0], slopes[:, -1])
+
+
+def test_spline_maps_circle_onto_itself_and_fixes_zero():
+    params = random_params(200, torch.float64)
+    zero = torch.zeros(200, dtype=torch.float64)
+    y0, _ = spline_forward(zero, params)
+    y1, _ = spline_forward(zero + TWO_PI, params)
+    assert y0.abs().max() == 0, f"f(0) = {y0.abs().max()}"
+    torch.testing.assert_close(y1, zero + TWO_PI, rtol=0, atol=1e-12)
+    x = torch.rand(200, dtype=torch.float64) * TWO_PI
+    y, _ = spline_forward(x, params)
+    assert ((y >= 0) & (y < TWO_PI)).all()
+
+
+def test_spline_is_strictly_monotone():
+    n = 2000
+    x = torch.linspace(0, TWO_PI, n, dtype=torch.float64)
+    params = random_params(1, torch.float64, scale=3.0).expand(n, -1)
+    y, log_slope = spline_forward(x, params)
+    steps = y.diff()
+    assert (steps > 0).all(), f"non-increasing step {steps.min().item()}"
+    assert torch.isfinite(log_slope).all()
+
+
+def test_log_derivative_matches_autograd():
+    params = random_params(500, torch.float64)
+    x = (torch.rand(500, dtype=torch.float64) * TWO_PI).requires_grad_()
+    y, log_slope = spline_forward(x, params)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(log_slope, grad.log(), rtol=0, atol=1e-10)
+
+
+def test_inverse_log_derivative_matches_autograd():
+    params = random_params(500, torch.float64)
+    y = (torch.rand(500, dtype=torch.float64) * TWO_PI).requires_grad_()
+    x, log_slope = spline_inverse(y, params)
+    (grad,) = torch.autograd.grad(x.sum(), y)
+    torch.testing.assert_close(log_slope, grad.log(), rtol=0, atol=1e-9)
+
+
+def test_derivative_is_continuous_across_two_pi():
+    params = random_params(100, torch.float64, scale=1.0)
+    ends = torch.tensor([0.0, 1e-9, TWO_PI - 1e-9, TWO_PI], dtype=torch.float64)
+    _, log_slope = spline_forward(ends.expand(100, -1), params.unsqueeze(1).expand(-1, 4, -1))
+    at_zero, above_zero, below_two_pi, at_two_pi = log_slope.unbind(dim=1)
+    torch.testing.assert_close(at_two_pi, at_zero, rtol=0, atol=1e-12)
+    torch.testing.assert_close(below_two_pi, above_zero, rtol=0, atol=1e-5)
+
+
+def _points_at_and_near(knots: torch.Tensor) -> torch.Tensor:
+    """Each knot, and points one ulp, eight ulps and 1e-3 * 2pi to either side of it."""
+    eps = torch.finfo(knots.dtype).eps
+    offsets = torch.tensor([-1e-3, -8 * eps, -eps, 0.0, eps, 8 * eps, 1e-3], dtype=knots.dtype)
+    return (knots.unsqueeze(-1) + TWO_PI * offsets).flatten(1).clamp(0, TWO_PI)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("direction", ["forward-first", "inverse-first"])
+def test_inverse_is_exact_at_and_near_knots(dtype, tol, direction):
+    params = random_params(64, dtype, scale=1.0)
+    xs, ys, _ = spline_knots(params)
+    if direction == "forward-first":
+        points, first, second = _points_at_and_near(xs), spline_forward, spline_inverse
+    else:
+        points, first, second = _points_at_and_near(ys), spline_inverse, spline_forward
+    prm = params.unsqueeze(1).expand(-1, points.shape[1], -1)
+    mid, log_first = first(points, prm)
+    back, log_second = second(mid, prm)
+    for t in (mid, log_first, back, log_second):
+        assert torch.isfinite(t).all()
+    torch.testing.assert_close(back, points, rtol=0, atol=tol)
+    # log slopes vary fast inside narrow bins, so their sum inherits the rounding of `back`
+    torch.testing.assert_close(
+        log_first + log_second, torch.zeros_like(points), rtol=0, atol=1e3 * tol
+    )
+
+
+def test_round_trip_error_is_rounding_times_condition_for_sharp_splines():
+    """Where f is flat, f^{-1}(f(x)) can only be as good as ulp(y) / f'(x); no worse."""
+    dtype = torch.float32
+    params = random_params(64, dtype, scale=6.0)
+    xs, _, _ = spline_knots(params)
+    points = _points_at_and_near(xs)
+    prm = params.unsqueeze(1).expand(-1, points.shape[1], -1)
+    y, log_slope = spline_forward(points, prm)
+    back, _ = spline_inverse(y, prm)
+    in_ulps = (
+        (back - points).abs() * log_slope.exp().clamp(max=1) / (torch.finfo(dtype).eps * TWO_PI)
+    )
+    assert in_ulps.max() <= 16, f"round trip off by {in_ulps.max():.1f} ulps of 2pi (scaled)"
+
+
+def test_float32_extreme_parameters_stay_finite():
+    params = random_params(256, torch.float32, scale=40.0)
+    x = torch.rand(256) * TWO_PI
+    x[:8] = torch.tensor([0.0, TWO_PI, math.nextafter(TWO_PI, 0), 1e-30, 1e-7, 3.0, 6.2831, 2.0])
+    y, log_a = spline_forward(x, params)
+    back, log_b = spline_inverse(y, params)
+    for t in (y, log_a, back, log_b):
+        assert torch.isfinite(t).all()
+    assert ((y >= 0) & (y <= TWO_PI)).all()
+
+
+def test_spline_rejects_mismatched_parameters():
+    with pytest.raises(ValueError, match="3 \\* n_bins"):
+        spline_forward(torch.zeros(4), torch.zeros(4, 5))
+    with pytest.raises(ValueError, match="do not match"):
+        spline_forward(torch.zeros(4), torch.zeros(3, 24))
