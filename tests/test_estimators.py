@@ -72,10 +72,9 @@ def test_reinforce_gradient_vanishes_when_target_is_the_flow():
     flow, prior = _small_flow(seed=3)
     frozen, _ = _small_flow(seed=3)
 
-    def log_prob(phi):
-        with torch.no_grad():
-            z, ld_rev = frozen.reverse(phi)
-            return prior.log_prob(z) + ld_rev
+    def log_prob(phi):  # differentiable in phi (r.t. and path need that), frozen parameters
+        z, ld_rev = frozen.reverse(phi)
+        return prior.log_prob(z) + ld_rev
 
     gen = torch.Generator().manual_seed(2)
     for _ in range(5):

@@ -19,11 +19,13 @@ from gaugeflow.training import load_model, make_config, train
 
 SMALL = {
     "L": 4,
-    "beta": 2.0,
+    "beta": 1.0,
     "kappa": 0.0,
     "batch_size": 64,
-    "lr": 2e-3,
-    "flow": {"n_layers": 8, "hidden_channels": 16},
+    "lr": 5e-3,
+    "lr_schedule": "cosine",
+    "lr_min": 1e-4,
+    "flow": {"n_layers": 8, "hidden_channels": 8},
     "device": "cpu",
     "checkpoint_every": 50,
 }
@@ -37,11 +39,15 @@ def _metrics(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["rt", "reinforce", "path"])
 def test_each_estimator_learns_pure_u1(tmp_path, estimator):
-    """Pure U(1) at L = 4: ESS above 0.5 (averaged over the last 20 steps) in a CPU minute."""
-    summary = train({**SMALL, "estimator": estimator, "steps": 300, "seed": 11}, tmp_path)
+    """Pure U(1) at L = 4, beta = 1: ESS above 0.5 (mean of the last 20 steps) in a CPU minute.
+
+    The uniform prior starts at ESS ~ (I0(1)^2 / I0(2))^16 ~ 0.004.
+    """
+    summary = train({**SMALL, "estimator": estimator, "steps": 200, "seed": 11}, tmp_path)
     assert summary["status"] == "completed"
     rows = _metrics(tmp_path / "metrics.csv")
-    assert len(rows) == 300
+    assert len(rows) == 200
+    assert sum(float(r["ess"]) for r in rows[:5]) / 5 < 0.1
     first = sum(float(r["ess"]) for r in rows[:20]) / 20
     last = sum(float(r["ess"]) for r in rows[-20:]) / 20
     assert last > 0.5, f"{estimator}: ESS {first:.3f} -> {last:.3f}"
