@@ -27,7 +27,9 @@ __all__ = [
 def check_theta(theta: torch.Tensor) -> int:
     """Validate a batch of configurations; return L."""
     if not isinstance(theta, torch.Tensor):
-        raise ValueError(f"theta must be a torch.Tensor of shape [batch, 2, L, L]; got {type(theta)}")
+        raise ValueError(
+            f"theta must be a torch.Tensor of shape [batch, 2, L, L]; got {type(theta)}"
+        )
     if theta.dim() != 4 or theta.shape[1] != 2 or theta.shape[2] != theta.shape[3]:
         raise ValueError(f"theta must have shape [batch, 2, L, L]; got {tuple(theta.shape)}")
     if not theta.is_floating_point():

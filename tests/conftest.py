@@ -1,0 +1,29 @@
+"""Shared pytest fixtures: seeded generators, and torch's thread count restored after each test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """Tests that change torch.set_num_threads must not leak it into the next test."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    """A CPU torch generator with a fixed seed."""
+    return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A numpy generator with a fixed seed."""
+    return np.random.default_rng(1234)

@@ -1,0 +1,312 @@
+"""Wilson-Dirac operator, fermion action, SchwingerAction and observables.
+
+References are independent: a site-by-site numpy construction of D straight from the
+formula, the free field in momentum space, numpy determinants and inverses, and finite
+differences for gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gaugeflow.physics import dirac, u1
+from gaugeflow.physics.action import SchwingerAction
+from gaugeflow.physics.observables import OBSERVABLES, measure
+
+SIGMA = [np.array([[0, 1], [1, 0]], complex), np.array([[0, -1j], [1j, 0]], complex)]
+SIGMA3 = np.diag([1.0, -1.0]).astype(complex)
+
+
+def reference_dirac(theta: np.ndarray, kappa: float) -> np.ndarray:
+    """D for one configuration theta[2, L, L], entry by entry from the defining formula."""
+    L = theta.shape[-1]
+    D = np.eye(2 * L * L, dtype=complex)
+
+    def index(x0: int, x1: int) -> int:
+        return 2 * ((x0 % L) * L + (x1 % L))
+
+    for x0 in range(L):
+        for x1 in range(L):
+            x = index(x0, x1)
+            for mu in (0, 1):
+                step = (1, 0) if mu == 0 else (0, 1)
+                up = (x0 + step[0], x1 + step[1])
+                down = (x0 - step[0], x1 - step[1])
+                # a hop across the time boundary picks up -1 (antiperiodic fermions)
+                bc_up = -1 if mu == 0 and up[0] == L else 1
+                bc_down = -1 if mu == 0 and down[0] == -1 else 1
+                u_here = np.exp(1j * theta[mu, x0, x1])
+                u_down = np.exp(1j * theta[mu, down[0] % L, down[1] % L])
+                y = index(*up)
+                D[x : x + 2, y : y + 2] -= kappa * bc_up * (np.eye(2) - SIGMA[mu]) * u_here
+                y = index(*down)
+                D[x : x + 2, y : y + 2] -= (
+                    kappa * bc_down * (np.eye(2) + SIGMA[mu]) * np.conj(u_down)
+                )
+    return D
+
+
+def free_log_abs_det(L: int, kappa: float) -> float:
+    """sum_p log det of the 2x2 momentum block, antiperiodic in time."""
+    p0 = 2 * np.pi * (np.arange(L) + 0.5) / L
+    p1 = 2 * np.pi * np.arange(L) / L
+    P0, P1 = np.meshgrid(p0, p1, indexing="ij")
+    mass = 1 - 2 * kappa * (np.cos(P0) + np.cos(P1))
+    return float(np.log(mass**2 + 4 * kappa**2 * (np.sin(P0) ** 2 + np.sin(P1) ** 2)).sum())
+
+
+def free_condensate(L: int, kappa: float) -> float:
+    """(1/V) Re Tr D^-1 at theta = 0: the block a + i b.sigma has trace of inverse 2a/(a^2+b^2)."""
+    p0 = 2 * np.pi * (np.arange(L) + 0.5) / L
+    p1 = 2 * np.pi * np.arange(L) / L
+    P0, P1 = np.meshgrid(p0, p1, indexing="ij")
+    a = 1 - 2 * kappa * (np.cos(P0) + np.cos(P1))
+    b2 = 4 * kappa**2 * (np.sin(P0) ** 2 + np.sin(P1) ** 2)
+    return float((2 * a / (a**2 + b2)).sum() / L**2)
+
+
+def _theta(generator: torch.Generator, batch: int, L: int, dtype=torch.float64) -> torch.Tensor:
+    return 2 * math.pi * torch.rand(batch, 2, L, L, generator=generator, dtype=dtype)
+
+
+# --- the matrix ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("assembly", dirac.ASSEMBLIES)
+@pytest.mark.parametrize("L", [2, 3, 4])
+def test_dirac_matrix_matches_site_by_site_reference(generator, assembly, L):
+    theta = _theta(generator, 2, L)
+    D = dirac.dirac_matrix(theta, 0.27, assembly=assembly)
+    assert D.dtype == torch.complex128 and D.shape == (2, 2 * L * L, 2 * L * L)
+    for b in range(2):
+        np.testing.assert_allclose(
+            D[b].numpy(), reference_dirac(theta[b].numpy(), 0.27), atol=1e-14
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("L", [2, 4, 6])
+def test_loop_and_scatter_assemblies_are_identical(generator, dtype, L):
+    theta = _theta(generator, 3, L, dtype)
+    loop = dirac.dirac_matrix(theta, 0.276, assembly="loop")
+    scatter = dirac.dirac_matrix(theta, 0.276, assembly="scatter")
+    assert loop.dtype == scatter.dtype == dirac.complex_dtype(theta)
+    assert torch.equal(loop, scatter), (loop - scatter).abs().max()
+
+
+@pytest.mark.parametrize("method", dirac.METHODS)
+@pytest.mark.parametrize("kappa", [0.1, 0.276])
+@pytest.mark.parametrize("L", [4, 8])
+def test_free_field_log_det_matches_momentum_space(L, kappa, method):
+    theta = torch.zeros(1, 2, L, L, dtype=torch.float64)
+    action = dirac.fermion_action(theta, kappa, method=method)
+    expected = -2 * free_log_abs_det(L, kappa)
+    assert abs(action.item() - expected) < 1e-10, (action.item(), expected)
+
+
+def test_gamma5_hermiticity_and_real_determinant(generator):
+    theta = _theta(generator, 3, 4)
+    gamma5 = np.kron(np.eye(16), SIGMA3)
+    for D in dirac.dirac_matrix(theta, 0.276).numpy():
+        np.testing.assert_allclose(gamma5 @ D @ gamma5, D.conj().T, atol=1e-15)
+        det = np.linalg.det(D)
+        assert abs(det.imag) < 1e-12 * abs(det), det
+
+
+def test_operator_and_actions_are_gauge_covariant(generator):
+    L = 4
+    theta = _theta(generator, 2, L)
+    alpha = u1.random_gauge(theta, generator=generator)
+    transformed = u1.gauge_transform(theta, alpha)
+    D = dirac.dirac_matrix(theta, 0.276).numpy()
+    D_t = dirac.dirac_matrix(transformed, 0.276).numpy()
+    # D'(x, y) = e^{i alpha(x)} D(x, y) e^{-i alpha(y)}
+    omega = np.exp(1j * np.repeat(alpha.reshape(2, -1).numpy(), 2, axis=1))
+    np.testing.assert_allclose(D_t, omega[:, :, None] * D * omega[:, None, :].conj(), atol=1e-14)
+    assert np.abs(D_t - D).max() > 0.1
+    np.testing.assert_allclose(np.linalg.det(D_t), np.linalg.det(D), rtol=1e-11)
+    for method in dirac.METHODS:
+        np.testing.assert_allclose(
+            dirac.fermion_action(transformed, 0.276, method=method),
+            dirac.fermion_action(theta, 0.276, method=method),
+            atol=1e-11,
+        )
+    obs, obs_t = measure(theta, 2.0, 0.276), measure(transformed, 2.0, 0.276)
+    for key in OBSERVABLES:
+        np.testing.assert_allclose(obs_t[key], obs[key], atol=1e-11, err_msg=key)
+
+
+# --- even-odd --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("L", [2, 4, 6])
+def test_schur_complement_equals_dense_block_product(generator, L):
+    theta = _theta(generator, 2, L)
+    parity = np.array([(x0 + x1) % 2 for x0 in range(L) for x1 in range(L)])
+    even = np.flatnonzero(np.repeat(parity == 0, 2))
+    odd = np.flatnonzero(np.repeat(parity == 1, 2))
+    for assembly in dirac.ASSEMBLIES:
+        S = dirac.schur_complement(theta, 0.3, assembly=assembly)
+        for b in range(2):
+            D = reference_dirac(theta[b].numpy(), 0.3)
+            np.testing.assert_allclose(D[np.ix_(even, even)], np.eye(even.size), atol=0)
+            expected = np.eye(odd.size) - D[np.ix_(odd, even)] @ D[np.ix_(even, odd)]
+            np.testing.assert_allclose(S[b].numpy(), expected, atol=1e-14)
+
+
+@pytest.mark.parametrize("assembly", dirac.ASSEMBLIES)
+@pytest.mark.parametrize("L", [2, 4, 6])
+def test_even_odd_action_equals_full_action_and_numpy(generator, L, assembly):
+    theta = _theta(generator, 3, L)
+    eo = dirac.fermion_action(theta, 0.276, method="eo", assembly=assembly)
+    full = dirac.fermion_action(theta, 0.276, method="full", assembly=assembly)
+    reference = [-2 * np.linalg.slogdet(reference_dirac(t, 0.276))[1] for t in theta.numpy()]
+    np.testing.assert_allclose(eo, reference, atol=1e-10)
+    np.testing.assert_allclose(full, reference, atol=1e-10)
+
+
+# --- gradients and graph size ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "assembly"), [("eo", "scatter"), ("full", "loop")])
+def test_fermion_action_gradient_matches_finite_differences(generator, method, assembly):
+    theta = _theta(generator, 2, 2).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda t: dirac.fermion_action(t, 0.276, method=method, assembly=assembly), (theta,)
+    )
+
+
+def _count_nodes(output: torch.Tensor) -> int:
+    seen, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return len(seen)
+
+
+def test_scatter_graph_is_constant_and_loop_graph_grows_with_the_volume():
+    def nodes(L: int, assembly: str) -> int:
+        theta = torch.zeros(1, 2, L, L, requires_grad=True)
+        return _count_nodes(
+            dirac.fermion_action(theta, 0.2, method="full", assembly=assembly).sum()
+        )
+
+    assert nodes(4, "scatter") == nodes(6, "scatter")
+    # four hops per site: the loop graph adds a fixed number of nodes per block
+    growth = nodes(6, "loop") - nodes(4, "loop")
+    assert growth > 0 and growth % (4 * (36 - 16)) == 0, growth
+
+
+# --- the action ------------------------------------------------------------------------------
+
+
+def test_schwinger_action_is_gauge_plus_fermion_and_differentiable(generator):
+    theta = _theta(generator, 3, 4)
+    action = SchwingerAction(2.0, 0.276)
+    expected = [
+        -2.0 * np.cos(u1.plaquette(t[None]).numpy()).sum()
+        - 2 * np.linalg.slogdet(reference_dirac(t.numpy(), 0.276))[1]
+        for t in theta
+    ]
+    np.testing.assert_allclose(action(theta), expected, atol=1e-10)
+    np.testing.assert_allclose(action.log_prob(theta), -np.array(expected), atol=1e-10)
+    small = _theta(generator, 1, 2).requires_grad_(True)
+    assert torch.autograd.gradcheck(action, (small,))
+
+
+def test_pure_gauge_action_has_no_determinant(generator):
+    theta = _theta(generator, 2, 3)  # odd L: no Dirac operator would be valid with eo
+    np.testing.assert_allclose(SchwingerAction(1.5, 0.0)(theta), u1.gauge_action(theta, 1.5))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"beta": -1.0, "kappa": 0.2}, "beta"),
+        ({"beta": float("nan"), "kappa": 0.2}, "beta"),
+        ({"beta": 1.0, "kappa": -0.1}, "kappa"),
+        ({"beta": 1.0, "kappa": "0.2"}, "kappa"),
+        ({"beta": 1.0, "kappa": 0.2, "method": "lu"}, "method must be one of"),
+        ({"beta": 1.0, "kappa": 0.2, "assembly": "dense"}, "assembly must be one of"),
+    ],
+)
+def test_bad_parameters_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SchwingerAction(**kwargs)
+
+
+def test_bad_inputs_raise_value_error(generator):
+    with pytest.raises(ValueError, match="float32 or float64"):
+        dirac.dirac_matrix(torch.zeros(1, 2, 4, 4, dtype=torch.float16), 0.1)
+    with pytest.raises(ValueError, match="even L"):
+        dirac.fermion_action(_theta(generator, 1, 3), 0.1, method="eo")
+    with pytest.raises(ValueError, match=r"\[batch, 2, L, L\]"):
+        dirac.dirac_matrix(torch.zeros(2, 4, 4), 0.1)
+    with pytest.raises(ValueError, match="L >= 2"):
+        dirac.dirac_matrix(torch.zeros(1, 2, 1, 1), 0.1)
+
+
+# --- observables -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", dirac.METHODS)
+def test_measure_matches_numpy_on_random_configurations(generator, method):
+    L, beta, kappa = 4, 1.3, 0.276
+    theta = _theta(generator, 3, L)
+    obs = measure(theta, beta, kappa, method=method)
+    assert set(obs) == set(OBSERVABLES)
+    for b, t in enumerate(theta.numpy()):
+        D = reference_dirac(t, kappa)
+        sign, logabsdet = np.linalg.slogdet(D)
+        plaq = t[0] + np.roll(t[1], -1, axis=0) - np.roll(t[0], -1, axis=1) - t[1]
+        charge = ((plaq + np.pi) % (2 * np.pi) - np.pi).sum() / (2 * np.pi)
+        expected = {
+            "gauge_action": -beta * np.cos(plaq).sum(),
+            "fermion_action": -2 * logabsdet,
+            "action": -beta * np.cos(plaq).sum() - 2 * logabsdet,
+            "condensate": np.trace(np.linalg.inv(D)).real / L**2,
+            "sign": np.sign(sign.real),
+            "topological_charge": charge,
+            "plaquette": np.cos(plaq).mean(),
+        }
+        for key, value in expected.items():
+            assert obs[key].dtype == torch.float64
+            assert obs[key][b].item() == pytest.approx(value, abs=1e-10), key
+
+
+def test_measure_finds_negative_determinants(generator):
+    # det D changes sign for some configurations at large kappa
+    theta = _theta(generator, 40, 4)
+    signs = measure(theta, 1.0, 0.4)["sign"]
+    expected = [np.sign(np.linalg.det(reference_dirac(t, 0.4)).real) for t in theta.numpy()]
+    np.testing.assert_array_equal(signs, expected)
+    assert (signs < 0).any() and (signs > 0).any()
+
+
+@pytest.mark.parametrize("method", dirac.METHODS)
+@pytest.mark.parametrize("L", [4, 8])
+def test_free_field_condensate_matches_momentum_space(L, method):
+    theta = torch.zeros(1, 2, L, L, dtype=torch.float64)
+    obs = measure(theta, 2.0, 0.276, method=method)
+    assert obs["condensate"].item() == pytest.approx(free_condensate(L, 0.276), abs=1e-10)
+    assert obs["sign"].item() == 1.0
+    assert obs["fermion_action"].item() == pytest.approx(-2 * free_log_abs_det(L, 0.276), abs=1e-10)
+
+
+def test_measure_in_float32_and_inference_mode(generator):
+    theta = _theta(generator, 2, 4)
+    reference = measure(theta, 2.0, 0.276)
+    with torch.inference_mode():
+        single = measure(theta.float(), 2.0, 0.276)
+        action = SchwingerAction(2.0, 0.276)(theta.float())
+    for key in OBSERVABLES:
+        assert single[key].dtype == torch.float32
+        np.testing.assert_allclose(single[key], reference[key], rtol=1e-4, atol=1e-4, err_msg=key)
+    np.testing.assert_allclose(action, reference["action"], rtol=1e-4, atol=1e-4)
