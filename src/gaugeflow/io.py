@@ -73,8 +73,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, **arrays)
+    # np.savez appends ".npz" to a path whose name lacks it: hand it an open file instead
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:

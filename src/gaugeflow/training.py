@@ -36,7 +36,6 @@ __all__ = [
     "METRIC_COLUMNS",
     "make_config",
     "train",
-    "load_model",
     "model_payload",
 ]
 
@@ -172,33 +171,6 @@ def model_payload(flow: torch.nn.Module, config: dict[str, Any], step: int) -> d
         "step": step,
         "gaugeflow_version": __version__,
     }
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild (flow, prior, action, payload) from a model.pt or snapshot file."""
-    from .flows.model import build_flow
-    from .flows.prior import UniformPrior
-    from .physics.action import SchwingerAction
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"model file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise UserError(f"model file {path} could not be read: {exc}") from exc
-    for key in ("flow_config", "state_dict", "action"):
-        if key not in payload:
-            raise UserError(f"model file {path} lacks key {key!r}; is it a gaugeflow model?")
-    device = resolve_device(device)
-    flow = build_flow(payload["flow_config"])
-    flow.load_state_dict(payload["state_dict"])
-    dtype = next(flow.parameters()).dtype
-    flow = flow.to(device)
-    L = int(payload["flow_config"]["L"])
-    prior = UniformPrior(L, dtype=dtype, device=device)
-    action = SchwingerAction(**payload["action"])
-    return flow, prior, action, payload
 
 
 # --------------------------------------------------------------------------------------------

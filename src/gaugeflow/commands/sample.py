@@ -1,0 +1,204 @@
+"""`gaugeflow sample | acceptance | nis | analyze`: NMCMC chains, NIS and their analysis."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from ..io import load_npz, write_json
+from ..runtime import configure_threads
+
+__all__ = ["register"]
+
+#: Arrays every chain file holds (the CLI contract of `gaugeflow sample`).
+CHAIN_ARRAYS = (
+    "accepted",
+    "logq",
+    "logp",
+    "plaquette",
+    "condensate",
+    "sign",
+    "topological_charge",
+)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _add_model_args(p: argparse.ArgumentParser, n_default: int | None) -> None:
+    p.add_argument("--model", required=True, help="model file written by `gaugeflow train`")
+    if n_default is None:
+        p.add_argument("--n", type=_positive_int, required=True, help="number of proposals")
+    else:
+        p.add_argument(
+            "--n", type=_positive_int, default=n_default, help=f"chain length (default {n_default})"
+        )
+    p.add_argument("--seed", type=int, default=0, help="seed of proposals and draws (default 0)")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=256, help="proposals per batch (default 256)"
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    p.add_argument("--beta", type=float, default=None, help="override the model's target beta")
+    p.add_argument("--kappa", type=float, default=None, help="override the model's target kappa")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bar (shown only on a terminal)",
+    )
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "n": args.n,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "beta": args.beta,
+        "kappa": args.kappa,
+        "progress": args.progress,
+    }
+
+
+def _fmt(value: float, error: float) -> str:
+    return f"{value:.6g} +- {error:.2g}"
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from ..analysis import acceptance_rate
+    from ..sampling import chain_metadata, sample_model, save_chain
+
+    configure_threads()
+    chain, meta = sample_model(args.model, **_model_kwargs(args))
+    save_chain(
+        args.out,
+        chain,
+        chain_metadata(
+            seed=meta["seed"],
+            model=meta["model"],
+            beta=meta["beta"],
+            kappa=meta["kappa"],
+            L=meta["L"],
+            config=meta["config"],
+            batch_size=args.batch_size,
+        ),
+    )
+    print(
+        f"chain of {args.n} steps, acceptance {acceptance_rate(chain['accepted']):.4f} -> {args.out}"
+    )
+    return 0
+
+
+def _run_acceptance(args: argparse.Namespace) -> int:
+    from ..sampling import model_acceptance
+
+    configure_threads()
+    result = model_acceptance(args.model, **_model_kwargs(args))
+    write_json(args.out, result)
+    print(f"acceptance {result['acceptance']:.4f} over {args.n} steps -> {args.out}")
+    return 0
+
+
+def _run_nis(args: argparse.Namespace) -> int:
+    from ..sampling import model_nis
+
+    configure_threads()
+    result = model_nis(args.model, **_model_kwargs(args))
+    write_json(args.out, result)
+    print(
+        f"F = {_fmt(result['free_energy'], result['free_energy_error'])}, "
+        f"ESS {result['ess']:.4f} -> {args.out}"
+    )
+    return 0
+
+
+def _scalar(value: np.ndarray) -> Any:
+    item = value.item()
+    if isinstance(item, str):
+        try:
+            return json.loads(item)
+        except json.JSONDecodeError:
+            return item
+    return item
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from ..analysis import analyze_chain
+
+    data = load_npz(args.chain, keys=CHAIN_ARRAYS, what="chain file")
+    lengths = {k: data[k].shape for k in CHAIN_ARRAYS}
+    if len(set(lengths.values())) != 1 or len(data["accepted"].shape) != 1:
+        raise UserError(f"chain file {args.chain}: arrays must be 1-d of one length; got {lengths}")
+    result = analyze_chain(data, S=args.S, bridge_threshold=args.bridge_threshold)
+    result["chain"] = str(args.chain)
+    result["S"] = args.S
+    for key, value in data.items():
+        if value.ndim == 0 and key not in result:
+            result[key] = _scalar(value)
+    write_json(args.out, result)
+    cond = result["condensate"]
+    print(
+        f"acceptance {result['acceptance']:.4f}, condensate {_fmt(cond['mean'], cond['error'])}"
+        f" (tau_int {cond['tau_int']:.3g}), bridges longer than {args.bridge_threshold}: "
+        f"{len(result['bridges']['long_lengths'])} -> {args.out}"
+    )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the verbs sample, acceptance, nis and analyze."""
+    p = subparsers.add_parser(
+        "sample",
+        help="independence Metropolis chain with a trained flow as proposal",
+        description="Write an NMCMC chain (.npz): per step accepted, logq, logp, plaquette, "
+        "condensate, sign, topological_charge; plus seed, model, beta, kappa, L and config.",
+    )
+    _add_model_args(p, n_default=None)
+    p.set_defaults(func=_run_sample)
+
+    p = subparsers.add_parser(
+        "acceptance",
+        help="acceptance rate of a model's Metropolis chain (paper fig. 2 right)",
+        description="Run a chain of --n steps (default 2^16) and write {acceptance, ...} JSON.",
+    )
+    _add_model_args(p, n_default=2**16)
+    p.set_defaults(func=_run_acceptance)
+
+    p = subparsers.add_parser(
+        "nis",
+        help="neural importance sampling: free energy, ESS, reweighted observables",
+        description="Draw --n independent proposals; write free_energy (F = -log Z, Lebesgue "
+        "measure), free_energy_error, ess and reweighted plaquette, condensate, sign, "
+        "topological_charge as {mean, error}.",
+    )
+    _add_model_args(p, n_default=None)
+    p.set_defaults(func=_run_nis)
+
+    p = subparsers.add_parser(
+        "analyze",
+        help="Gamma-method errors, tau_int and bridges of a chain",
+        description="Write acceptance, {mean, error, tau_int, tau_int_error} per observable "
+        "(pyerrors Gamma method, tau_int = 0.5 for uncorrelated data) and bridges.",
+    )
+    p.add_argument("--chain", required=True, help="chain file written by `gaugeflow sample`")
+    p.add_argument("--out", required=True, help="output JSON")
+    p.add_argument("--S", type=float, default=2.0, help="Gamma-method window parameter S")
+    p.add_argument(
+        "--bridge-threshold",
+        type=int,
+        default=100,
+        help="report positions of rejection runs longer than this (default 100)",
+    )
+    p.set_defaults(func=_run_analyze)
