@@ -106,7 +106,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     ma, mb = _metrics(ref / "metrics.csv"), _metrics(run / "metrics.csv")
     assert len(ma) == len(mb) == steps
     timing = {"step_seconds", "wall_time"}
-    for ra, rb in zip(ma, mb):
+    for ra, rb in zip(ma, mb, strict=True):
         assert {k: v for k, v in ra.items() if k not in timing} == {
             k: v for k, v in rb.items() if k not in timing
         }

@@ -115,7 +115,9 @@ def make_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
 def _validate(config: dict[str, Any]) -> None:
     for key, choices in _CHOICES.items():
         if config[key] not in choices:
-            raise UserError(f"config key {key!r} must be one of {list(choices)}; got {config[key]!r}")
+            raise UserError(
+                f"config key {key!r} must be one of {list(choices)}; got {config[key]!r}"
+            )
     for key in ("L", "steps", "batch_size", "n_batches", "checkpoint_every", "log_every"):
         value = config[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -124,12 +126,18 @@ def _validate(config: dict[str, Any]) -> None:
         raise UserError(f"config key 'L' must be a multiple of 4 (flow masks); got {config['L']}")
     for key in ("snapshot_every", "seed"):
         if not isinstance(config[key], int) or config[key] < 0:
-            raise UserError(f"config key {key!r} must be a non-negative integer; got {config[key]!r}")
+            raise UserError(
+                f"config key {key!r} must be a non-negative integer; got {config[key]!r}"
+            )
     for key in ("beta", "kappa", "lr", "lr_min"):
         if not isinstance(config[key], (int, float)) or config[key] < 0:
-            raise UserError(f"config key {key!r} must be a non-negative number; got {config[key]!r}")
+            raise UserError(
+                f"config key {key!r} must be a non-negative number; got {config[key]!r}"
+            )
     if config["grad_clip"] is not None and not config["grad_clip"] > 0:
-        raise UserError(f"config key 'grad_clip' must be positive or null; got {config['grad_clip']!r}")
+        raise UserError(
+            f"config key 'grad_clip' must be positive or null; got {config['grad_clip']!r}"
+        )
 
 
 def _build(config: dict[str, Any], device: torch.device):
@@ -249,7 +257,9 @@ class _MetricsLog:
             csv.writer(fh).writerows(kept)
 
     def append(self, row: dict[str, Any]) -> None:
-        self._writer.writerow([repr(row[c]) if isinstance(row[c], float) else row[c] for c in METRIC_COLUMNS])
+        self._writer.writerow(
+            [repr(row[c]) if isinstance(row[c], float) else row[c] for c in METRIC_COLUMNS]
+        )
 
     def flush(self) -> None:
         self._fh.flush()
@@ -377,12 +387,19 @@ def train(
     if show_bar:
         from tqdm import tqdm
 
-        bar = tqdm(total=config["steps"], initial=start_step, desc=f"train {config['estimator']}", unit="step")
+        bar = tqdm(
+            total=config["steps"],
+            initial=start_step,
+            desc=f"train {config['estimator']}",
+            unit="step",
+        )
 
     status, step, failure = "completed", start_step, None
     t_start = time.perf_counter()
     autocast = (
-        (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
+        (lambda: torch.autocast(device.type, dtype=amp_dtype))
+        if amp_dtype is not None
+        else nullcontext
     )
     try:
         for step in range(start_step + 1, config["steps"] + 1):
@@ -459,7 +476,9 @@ def train(
         # No update is applied from a non-finite loss or gradient, so the weights before the
         # failing step are the last good ones; non-finite weights were replaced by the last
         # checkpoint's. Checkpoints already on disk are kept untouched.
-        last_good = step - 1 if failure and "weights" not in failure else _last_checkpoint_step(ckpt_dir)
+        last_good = (
+            step - 1 if failure and "weights" not in failure else _last_checkpoint_step(ckpt_dir)
+        )
         print(f"training diverged: {failure}; last good step {last_good}", file=sys.stderr)
     else:
         last_good = step

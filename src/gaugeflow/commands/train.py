@@ -42,7 +42,9 @@ def load_config_file(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         raise UserError(f"config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of keys; got {type(data).__name__}")
+        raise UserError(
+            f"config file {path} must hold a mapping of keys; got {type(data).__name__}"
+        )
     return data
 
 
@@ -94,14 +96,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "file (YAML) sets any training key and flags override it. Re-running the same command "
         "resumes from the latest checkpoint.",
     )
-    p.add_argument("--out", required=True, help="output folder (model.pt, metrics.csv, summary.json)")
+    p.add_argument(
+        "--out", required=True, help="output folder (model.pt, metrics.csv, summary.json)"
+    )
     p.add_argument("--config", help="YAML file of training keys (see gaugeflow.training.DEFAULTS)")
     p.add_argument("--L", type=int, help="lattice size (multiple of 4)")
     p.add_argument("--beta", type=float)
     p.add_argument("--kappa", type=float, help="hopping parameter; 0 means pure gauge")
     p.add_argument("--estimator", choices=list(ESTIMATORS))
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision (fp16 + grad scaler on CUDA, bf16 on CPU)")
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mixed precision (fp16 + grad scaler on CUDA, bf16 on CPU)",
+    )
     p.add_argument("--steps", type=int, help="gradient steps")
     p.add_argument("--batch-size", type=int, help="configurations per part")
     p.add_argument("--n-batches", type=int, help="parts accumulated into one gradient step")
@@ -118,6 +126,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=int)
     p.add_argument("--checkpoint-dir", help="resumable state (default OUT/checkpoints)")
     p.add_argument("--snapshot-dir", help="snapshot folder (default OUT/snapshots)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: when stderr is a terminal)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
     p.set_defaults(func=_run)

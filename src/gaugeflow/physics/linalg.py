@@ -8,11 +8,12 @@ numbers. Unbatched calls, and batched calls on a single thread, are correct.
 
 On CPU with more than one thread every factorisation here runs as one batched call with torch
 (and MKL) switched to a single thread for its duration. benchmarks/bench_linalg.py compares
-this with factorising matrix by matrix (MKL threading inside each): on 2 cores the batched
-single-thread call was as fast or up to 25% faster at L = 8, 12, 16 (batch 64, complex64).
-``GAUGEFLOW_CPU_LINALG=per_matrix`` selects the other route (no global thread setting is
-touched; it may win on many cores at large L). Other devices (CUDA) use the plain batched
-calls.
+this with factorising matrix by matrix (MKL threading inside each), batch 64, complex64 Dirac
+matrices, 2 threads: on a quiet 2-core machine the single-thread call was as fast or up to
+25% faster at L = 8, 12, 16; on a loaded one (load average ~7) matrix by matrix was 5-30x
+slower, its threads waiting for each other. ``GAUGEFLOW_CPU_LINALG=per_matrix`` selects the
+other route (it touches no global thread setting and may win on many idle cores at large L).
+Other devices (CUDA) use the plain batched calls.
 
 The differentiable functions (`slogdet`, `inv`, `solve`) are single autograd nodes on CPU,
 whatever the batch size. `lu_factor`, `lu_solve` and `slogdet_from_lu` are for measurements
