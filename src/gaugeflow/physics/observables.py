@@ -45,6 +45,18 @@ def measure(
     volume = L * L
     with torch.no_grad():
         theta = theta.detach()
+        if kappa == 0:  # pure gauge: D = 1, no factorisation needed
+            gauge = gauge_action(theta, beta)
+            ones = torch.ones_like(gauge)
+            return {
+                "gauge_action": gauge,
+                "fermion_action": torch.zeros_like(gauge),
+                "action": gauge,
+                "condensate": 2.0 * ones,  # (1/V) Tr 1 over two spin components
+                "sign": ones,
+                "topological_charge": topological_charge(theta),
+                "plaquette": mean_plaquette(theta),
+            }
         M = fermion_matrix(theta, kappa, method=method, assembly=assembly)
         LU, pivots = linalg.lu_factor(M)
         phase, logabsdet = linalg.slogdet_from_lu(LU, pivots)
