@@ -1,0 +1,285 @@
+"""Time per gradient step on the CPU, REINFORCE/r.t. speed-up, and the step's efficiency.
+
+For each lattice size L and each configuration (estimator + Dirac assembly), with the paper's
+architecture (48 layers, 64 channels), batch 64, float32:
+
+- ``step``: median wall time of a gradient step (zero_grad, loss call, backward, Adam step)
+  over ``--repeats`` steps after ``--warmup`` untimed ones (gaugeflow.measure.measure_timing);
+  at each L the configurations' steps are interleaved, one of each per round;
+- ``conv``: the conditioner nets alone, replayed on the inputs they saw in one loss call,
+  forward and, where the step differentiates them, backward;
+- ``det``: the action alone with the vectorised ``scatter`` assembly on the configurations
+  the step gave it, forward and, where the estimator differentiates it (r.t., path),
+  backward: the determinant the estimator cannot avoid. ``action`` is the same with the
+  configuration's own assembly (for ``loop`` this includes the per-site assembly);
+- ``eff = (conv + det) / step``: how close the step is to its unavoidable work.
+
+Then the speed-up t(r.t.) / t(REINFORCE) per assembly. Usage (the full run takes ~15 min on
+an idle 2-core machine; L = 16 r.t.-loop needs ~40 s per step)::
+
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_step.py --threads 2
+    python benchmarks/bench_step.py --L 4 8 --configs rt-scatter reinforce-scatter --repeats 1
+
+On a machine shared with other jobs, OpenMP threads that spin while they wait make a
+2-thread step several times slower than it is (4x measured here at load 10);
+``OMP_WAIT_POLICY=PASSIVE`` avoids that. The load average is recorded with each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from gaugeflow.io import write_json
+from gaugeflow.measure import (
+    MeasureSetup,
+    build_setup,
+    gradient_step,
+    measure_floor,
+    measure_timing,
+)
+
+__all__ = ["CONFIGS", "bench_L", "cpu_model", "main"]
+
+#: configuration name -> (estimator, assembly)
+CONFIGS: dict[str, tuple[str, str]] = {
+    "rt-loop": ("rt", "loop"),
+    "rt-scatter": ("rt", "scatter"),
+    "reinforce-loop": ("reinforce", "loop"),
+    "reinforce-scatter": ("reinforce", "scatter"),
+    "path-loop": ("path", "loop"),
+    "path-scatter": ("path", "scatter"),
+}
+DEFAULT_CONFIGS = ["rt-loop", "rt-scatter", "reinforce-loop", "reinforce-scatter", "path-scatter"]
+
+
+def cpu_model() -> str:
+    """The CPU model name as lscpu reports it (platform.processor() as a fallback)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def _setup(L: int, name: str, args: argparse.Namespace) -> MeasureSetup:
+    estimator, assembly = CONFIGS[name]
+    return build_setup(
+        {
+            "L": L,
+            "estimator": estimator,
+            "assembly": assembly,
+            "batch_size": args.batch_size,
+            "device": "cpu",
+            "dtype": "float32",
+            "seed": args.seed,
+            "flow": {"n_layers": args.n_layers, "hidden_channels": args.hidden},
+        }
+    )
+
+
+def _is_slow(L: int, name: str) -> bool:
+    """Loop assembly with a differentiated action at L >= 12: ~10-40 s per step."""
+    estimator, assembly = CONFIGS[name]
+    return assembly == "loop" and estimator != "reinforce" and L >= 12
+
+
+def _loadavg() -> float | None:
+    try:
+        with open("/proc/loadavg") as fh:
+            return float(fh.read().split()[0])
+    except (OSError, ValueError):
+        return None
+
+
+def bench_L(L: int, names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Timing and floor of each configuration at one L.
+
+    The configurations' timed steps are interleaved (round robin: one step of each, then the
+    next round), so that a change in the machine's load affects all of them alike and the
+    ratios between them stay meaningful on a shared machine.
+    """
+    load0 = _loadavg()
+    t0 = time.perf_counter()
+    setups = {name: _setup(L, name, args) for name in names}
+    repeats = {
+        n: min(args.repeats, args.slow_repeats) if _is_slow(L, n) else args.repeats for n in names
+    }
+    samples: dict[str, dict[str, list[float]]] = {
+        n: {"step_seconds": [], "loss_seconds": [], "backward_seconds": []} for n in names
+    }
+    for name in names:
+        for _ in range(args.warmup):
+            gradient_step(setups[name])
+    for r in range(max(repeats.values())):
+        for name in names:
+            if r < repeats[name]:
+                got = measure_timing(setups[name], steps=1, warmup=0)["samples"]
+                for key, values in got.items():
+                    samples[name][key].extend(values)
+    rows = []
+    for name in names:
+        estimator, assembly = CONFIGS[name]
+        step_s = samples[name]["step_seconds"]
+        step = statistics.median(step_s)
+        row: dict[str, Any] = {
+            "L": L,
+            "config": name,
+            "estimator": estimator,
+            "assembly": assembly,
+            "repeats": repeats[name],
+            "step_seconds": step,
+            "step_min": min(step_s),
+            "step_max": max(step_s),
+            "loss_seconds": statistics.median(samples[name]["loss_seconds"]),
+            "backward_seconds": statistics.median(samples[name]["backward_seconds"]),
+        }
+        if args.floor_repeats:
+            slow = _is_slow(L, name)
+            floor = measure_floor(
+                setups[name],
+                repeats=min(args.floor_repeats, args.slow_repeats) if slow else args.floor_repeats,
+                warmup=0 if slow else 1,  # the steps just run warmed the slow action up
+            )
+            row.update(
+                conditioner_seconds=floor["conditioner_seconds"],
+                determinant_seconds=floor["determinant_seconds"],
+                action_seconds=floor["action_seconds"],
+                action_differentiated=floor["action_differentiated"],
+                conv_fraction=floor["conditioner_seconds"] / step,
+                det_fraction=floor["determinant_seconds"] / step,
+                action_fraction=floor["action_seconds"] / step,
+                efficiency=(floor["conditioner_seconds"] + floor["determinant_seconds"]) / step,
+            )
+        rows.append(row)
+    for row in rows:
+        row.update(load_before=load0, load_after=_loadavg(), bench_seconds=time.perf_counter() - t0)
+    return rows
+
+
+def _pct(row: dict[str, Any], key: str) -> str:
+    return f"{100 * row[key]:.0f}%" if key in row else "-"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| L | estimator | assembly | step [s] | min–max [s] | loss [s] | backward [s] "
+        "| conv | det | action | eff |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r['L']} | {r['estimator']} | {r['assembly']} | {r['step_seconds']:.3f} "
+            f"| {r['step_min']:.3f}–{r['step_max']:.3f} | {r['loss_seconds']:.3f} "
+            f"| {r['backward_seconds']:.3f} | {_pct(r, 'conv_fraction')} | {_pct(r, 'det_fraction')} "
+            f"| {_pct(r, 'action_fraction')} | {_pct(r, 'efficiency')} |"
+        )
+    return "\n".join(lines)
+
+
+def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """t(r.t.) / t(REINFORCE) at each L for each assembly measured with both estimators."""
+    times = {(r["L"], r["estimator"], r["assembly"]): r["step_seconds"] for r in rows}
+    out = []
+    for L in sorted({r["L"] for r in rows}):
+        for assembly in ("loop", "scatter"):
+            rt, re = times.get((L, "rt", assembly)), times.get((L, "reinforce", assembly))
+            if rt is not None and re is not None:
+                out.append(
+                    {"L": L, "assembly": assembly, "rt": rt, "reinforce": re, "speedup": rt / re}
+                )
+    return out
+
+
+def markdown_speedups(table: list[dict[str, Any]]) -> str:
+    lines = ["| L | assembly | r.t. [s] | RE [s] | speed-up RE vs r.t. |", "|---|---|---|---|---|"]
+    for s in table:
+        lines.append(
+            f"| {s['L']} | {s['assembly']} | {s['rt']:.3f} | {s['reinforce']:.3f} | {s['speedup']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--L", type=int, nargs="+", default=[4, 8, 12, 16])
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=DEFAULT_CONFIGS)
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument(
+        "--floor-repeats",
+        type=int,
+        default=2,
+        help="replays of conditioner and action (0: skip the floor)",
+    )
+    p.add_argument(
+        "--slow-repeats",
+        type=int,
+        default=1,
+        help="timed steps and floor replays for the loop assembly with a "
+        "differentiated action (r.t./path) at L >= 12, which take ~10-40 s each",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--n-layers", type=int, default=48)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "command": "python benchmarks/bench_step.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "batch_size": args.batch_size,
+        "n_layers": args.n_layers,
+        "hidden": args.hidden,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_at_start": _loadavg(),
+    }
+    print(json.dumps(meta), flush=True)
+    rows = []
+    for L in args.L:
+        for row in bench_L(L, args.configs, args):
+            rows.append(row)
+            print(
+                f"L={L:>2} {row['config']:<17} step {row['step_seconds']:8.3f} s "
+                f"(loss {row['loss_seconds']:.3f}, backward {row['backward_seconds']:.3f}; "
+                f"{row['repeats']} steps) conv {_pct(row, 'conv_fraction')} "
+                f"det {_pct(row, 'det_fraction')} action {_pct(row, 'action_fraction')} "
+                f"eff {_pct(row, 'efficiency')} [load {row['load_before']} -> {row['load_after']}, "
+                f"{row['bench_seconds']:.0f} s for this L]",
+                flush=True,
+            )
+        if args.json:  # keep what is done if a later L is interrupted
+            write_json(args.json, {"meta": meta, "rows": rows, "speedups": speedups(rows)})
+    table = speedups(rows)
+    print()
+    print(markdown_table(rows))
+    print()
+    print(markdown_speedups(table))
+    if args.json:
+        write_json(args.json, {"meta": meta, "rows": rows, "speedups": table})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

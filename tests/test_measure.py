@@ -1,0 +1,269 @@
+"""Measurements (issue 6): graph size, per-op backward time, saved-tensor memory, timing, OOM."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from gaugeflow import measure as M
+from gaugeflow.cli import main as cli_main
+
+SMALL = {
+    "batch_size": 2,
+    "flow": {"n_layers": 8, "hidden_channels": 8},
+    "device": "cpu",
+    "seed": 3,
+}
+
+
+def _cfg(L: int, estimator: str, assembly: str, **extra) -> dict:
+    return {**SMALL, "L": L, "estimator": estimator, "assembly": assembly, **extra}
+
+
+def _nodes(L: int, estimator: str, assembly: str) -> int:
+    return M.measure_dag(M.build_setup(_cfg(L, estimator, assembly)))["nodes"]
+
+
+# ------------------------------------------------------------------------------------------
+# graph walking on small hand-made graphs
+
+
+def test_graph_nodes_counts_shared_nodes_once_and_includes_leaves():
+    w = torch.randn(5, requires_grad=True)
+    y = w * 2
+    loss = (y.sin() + y.cos()).sum()
+    names = sorted(M.node_name(n) for n in M.graph_nodes(loss))
+    assert names == sorted(
+        [
+            "SumBackward0",
+            "AddBackward0",
+            "SinBackward0",
+            "CosBackward0",
+            "MulBackward0",
+            "AccumulateGrad",
+        ]
+    )
+    assert M.count_graph_nodes(loss) == 6
+    with pytest.raises(ValueError, match="no grad_fn"):
+        M.count_graph_nodes(torch.ones(2))
+
+
+def test_graph_walk_survives_graphs_deeper_than_the_recursion_limit():
+    import sys
+
+    depth = sys.getrecursionlimit() * 3
+    w = torch.zeros(1, requires_grad=True)
+    x = w
+    for _ in range(depth):
+        x = x + 1.0
+    assert M.count_graph_nodes(x.sum()) == depth + 2  # adds + sum + AccumulateGrad
+
+
+class _Slow(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 1.0
+
+    @staticmethod
+    def backward(ctx, grad):
+        time.sleep(0.05)
+        return grad
+
+
+def test_backward_op_timer_attributes_time_to_the_slow_node():
+    w = torch.randn(4, requires_grad=True)
+    loss = (_Slow.apply(w * 3) * 2).sum()
+    with M.BackwardOpTimer(loss) as timer:
+        loss.backward()
+    assert timer.counts["_SlowBackward"] == 1
+    assert timer.counts["MulBackward0"] == 2
+    assert timer.seconds["_SlowBackward"] >= 0.05
+    others = sum(s for n, s in timer.seconds.items() if n != "_SlowBackward")
+    assert others < timer.seconds["_SlowBackward"]
+    assert w.grad is not None and torch.allclose(w.grad, torch.full((4,), 6.0))
+
+
+class _SaveViews(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x, x[:10], x)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def test_saved_tensor_recorder_counts_a_storage_once_and_skips_dropped_graphs():
+    x = torch.randn(1000, requires_grad=True)  # float32: 4000 bytes
+    rec = M.SavedTensorRecorder()
+    with rec:
+        kept = _SaveViews.apply(x)
+        dropped = torch.randn(50_000, requires_grad=True).exp()  # saves its 200 kB result
+        del dropped
+    summary = rec.summary()
+    assert summary["saved_storages"] == 1
+    assert summary["saved_bytes"] == 4000
+    assert summary["saved_tensors"] == 2  # x and the view x[:10]
+    assert summary["saved_view_bytes"] == 4000 + 40
+    assert rec.summary(parameters=[x])["saved_parameter_bytes"] == 4000
+    kept.sum().backward()
+
+
+def test_fit_quadratic_recovers_exact_coefficients_and_flags_misfits():
+    fit = M.fit_quadratic([4, 8, 12], [36 * L * L + 12036 for L in (4, 8, 12)])
+    assert fit["exact"] and fit["integer_coefficients"]
+    assert fit["a"] == pytest.approx(36) and fit["b"] == pytest.approx(12036)
+    bad = M.fit_quadratic([4, 8, 12], [100, 200, 350])
+    assert not bad["exact"]
+
+
+def test_oom_detection_covers_cuda_cpu_and_python_errors():
+    assert M.is_oom_error(
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+    )
+    assert M.is_oom_error(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
+    assert M.is_oom_error(MemoryError())
+    assert not M.is_oom_error(RuntimeError("shape mismatch"))
+
+
+# ------------------------------------------------------------------------------------------
+# the flow + action graph (Table 3)
+
+
+def test_reinforce_graph_size_does_not_depend_on_L():
+    assert _nodes(4, "reinforce", "loop") == _nodes(8, "reinforce", "loop")
+
+
+def test_scatter_assembly_graph_size_does_not_depend_on_L():
+    assert _nodes(4, "rt", "scatter") == _nodes(8, "rt", "scatter")
+
+
+def _action_nodes(L: int, assembly: str) -> int:
+    from gaugeflow.physics.action import SchwingerAction
+
+    theta = torch.rand(1, 2, L, L, requires_grad=True)
+    return M.count_graph_nodes(SchwingerAction(2.0, 0.276, assembly=assembly)(theta).sum())
+
+
+def test_rt_loop_graph_grows_by_an_integer_number_of_nodes_per_site():
+    """With the loop assembly each site adds the same c nodes: nodes = c L^2 + b exactly.
+
+    c is predicted from the Dirac assembly alone (the action's graph at L = 4 and 8) and must
+    match the growth of the whole r.t. graph; L = 12 then has to land exactly on c L^2 + b.
+    """
+    n4, n8 = _nodes(4, "rt", "loop"), _nodes(8, "rt", "loop")
+    growth = n8 - n4
+    assert growth > 0 and growth % (8**2 - 4**2) == 0, f"growth {growth} not a multiple of 48"
+    c = growth // (8**2 - 4**2)
+    c_action = (_action_nodes(8, "loop") - _action_nodes(4, "loop")) // (8**2 - 4**2)
+    assert c == c_action
+    b = n4 - c * 4**2
+    assert _nodes(12, "rt", "loop") == c * 12**2 + b
+    fit = M.fit_quadratic([4, 8], [n4, n8])
+    assert fit["a"] == pytest.approx(c) and fit["b"] == pytest.approx(b)
+
+
+# ------------------------------------------------------------------------------------------
+# memory (Table 5), ops (Table 4), timing (Tables 1-2)
+
+
+def test_reinforce_saved_memory_does_not_depend_on_the_assembly():
+    loop = M.measure_memory(M.build_setup(_cfg(4, "reinforce", "loop")))
+    scatter = M.measure_memory(M.build_setup(_cfg(4, "reinforce", "scatter")))
+    assert loop["saved_bytes"] == scatter["saved_bytes"]
+    assert loop["saved_tensors"] == scatter["saved_tensors"]
+    for key in ("saved_bytes", "saved_tensors", "saved_storages"):
+        assert isinstance(loop[key], int) and loop[key] > 0
+    assert loop["peak_kind"] == "cpu_rss_growth" and isinstance(loop["peak_bytes"], int)
+    # r.t. differentiates the action, so it saves more than REINFORCE
+    rt = M.measure_memory(M.build_setup(_cfg(4, "rt", "scatter")))
+    assert rt["saved_bytes"] > scatter["saved_bytes"]
+
+
+def test_ops_counts_match_the_graph_and_times_fit_in_the_backward():
+    setup = M.build_setup(_cfg(4, "rt", "loop"))
+    ops = M.measure_ops(setup, repeats=1, warmup=0)
+    assert 1 <= len(ops["top"]) <= 10
+    assert all(r["count"] > 0 and r["seconds"] >= 0 for r in ops["all"])
+    assert ops["hooked_seconds"] <= ops["backward_seconds"]
+    counts = {r["name"]: r["count"] for r in ops["all"]}
+    types = M.measure_dag(setup)["node_types"]
+    assert counts["CopySlices"] == types["CopySlices"]
+    assert counts["AccumulateGrad"] == types["AccumulateGrad"]
+
+
+def test_loss_plus_backward_is_the_step_within_its_spread():
+    setup = M.build_setup(_cfg(4, "rt", "scatter"))
+    t = M.measure_timing(setup, steps=12, warmup=2)
+    st = t["stats"]
+    assert t["steps"] == 12 and st["step_seconds"]["n"] == 12 and st["loss_seconds"]["n"] == 12
+    assert t["loss_seconds"] > 0 and t["backward_seconds"] > 0
+    assert st["other_seconds"]["min"] >= 0  # each step contains its loss call and backward
+    spread = sum(st[k]["iqr"] for k in ("step_seconds", "loss_seconds", "backward_seconds"))
+    gap = t["step_seconds"] - t["loss_seconds"] - t["backward_seconds"]
+    assert abs(gap) <= spread + t["other_seconds"], (gap, spread, t["other_seconds"])
+    assert t["total_seconds"] >= sum(t["samples"]["step_seconds"])
+
+
+# ------------------------------------------------------------------------------------------
+# CLI: contract keys, dagfit, OOM recorded instead of a crash
+
+
+def _cli(kind: str, L: int, out, *extra: str) -> dict:
+    argv = ["measure", kind, "--L", str(L), "--batch-size", "2", "--estimator", "rt",
+            "--assembly", "loop", "--n-layers", "8", "--hidden", "8", "--device", "cpu",
+            "--out", str(out), *extra]  # fmt: skip
+    assert cli_main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_cli_writes_contract_keys_and_dagfit(tmp_path, capsys):
+    rec = _cli("timing", 4, tmp_path / "t.json", "--steps", "2", "--warmup", "1")
+    for key in ("step_seconds", "loss_seconds", "backward_seconds", "steps", "status",
+                "device", "torch_version", "threads", "inputs"):  # fmt: skip
+        assert key in rec, key
+    assert rec["status"] == "ok" and rec["inputs"]["assembly"] == "loop"
+    assert "measure timing" in capsys.readouterr().out
+    mem = _cli("memory", 4, tmp_path / "m.json")
+    assert {"saved_bytes", "saved_tensors", "peak_bytes", "peak_kind"} <= set(mem)
+    ops = _cli("ops", 4, tmp_path / "o.json", "--repeats", "1")
+    assert {"name", "count", "seconds"} == set(ops["top"][0])
+    dags = [_cli("dag", L, tmp_path / f"d{L}.json")["nodes"] for L in (4, 8)]
+    fit_path = tmp_path / "fit.json"
+    assert cli_main(["measure", "dagfit", str(tmp_path / "d4.json"), str(tmp_path / "d8.json"),
+                     "--out", str(fit_path)]) == 0  # fmt: skip
+    (group,) = json.loads(fit_path.read_text())["groups"]
+    assert group["nodes"] == dags and group["fit"]["exact"]
+    assert group["fit"]["a"] == pytest.approx((dags[1] - dags[0]) / 48)
+
+
+def test_out_of_memory_is_recorded_not_raised(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(M, "measure_memory", boom)
+    rec = _cli("memory", 4, tmp_path / "oom.json")
+    assert rec["status"] == "oom" and "out of memory" in rec["error"]
+    assert rec["saved_bytes"] is None and rec["peak_kind"] == "cpu_rss_growth"
+    monkeypatch.setattr(M, "measure_memory", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        M.run_measurement("memory", _cfg(4, "rt", "loop"))
+
+
+def _refuses_huge_allocations() -> bool:
+    try:  # heuristic (0) or strict (2) overcommit refuses a 128 TB request at once
+        with open("/proc/sys/vm/overcommit_memory") as fh:
+            return fh.read().strip() in ("0", "2")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _refuses_huge_allocations(), reason="the OS may overcommit 128 TB")
+def test_a_real_cpu_allocation_failure_is_recorded_as_oom():
+    rec = M.run_measurement("dag", {**_cfg(4, "rt", "scatter"), "batch_size": 10**12})
+    assert rec["status"] == "oom" and rec["nodes"] is None
+    assert "allocate" in rec["error"]
