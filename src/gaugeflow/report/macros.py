@@ -1,0 +1,202 @@
+"""Numbers quoted in the paper's text, as LaTeX macros computed from the workflow's results.
+
+Every macro the paper uses is always defined: when a result is absent (an estimator not
+configured, a run that diverged), its macro says so instead of breaking the LaTeX build.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import pandas as pd
+
+from .latex import escape
+from .tables import format_number
+
+__all__ = ["NA", "value_error", "build_macros"]
+
+NA = r"\textrm{n/a}"  # valid in text and in math
+_EST = {"rt": "Rt", "reinforce": "Re", "path": "Pg"}
+_GROUPS = {"main": "Main", "large": "Large"}
+
+
+def value_error(mean: float | None, error: float | None) -> str:
+    """'0.123 ± 0.004' (as \\ensuremath, so usable in text and math), error to two digits."""
+    if mean is None or not math.isfinite(float(mean)):
+        return NA
+    if error is None or not math.isfinite(float(error)) or error <= 0:
+        return f"\\ensuremath{{{format_number(mean)}}}"
+    decimals = max(0, 1 - math.floor(math.log10(float(error))))
+    return f"\\ensuremath{{{float(mean):.{decimals}f} \\pm {float(error):.{decimals}f}}}"
+
+
+def _percent(x: float | None) -> str:
+    return NA if x is None or not math.isfinite(float(x)) else f"{100 * float(x):.1f}\\%"
+
+
+def _config_macros(config: Mapping) -> dict[str, str]:
+    physics = config.get("physics", {})
+    arch = config.get("architecture", {})
+    training = config.get("training", {})
+    out = {
+        "gfScale": escape(config.get("scale", "")),
+        "gfDevice": escape(config.get("device", "")),
+        "gfBeta": str(physics.get("beta", NA)),
+        "gfKappa": str(physics.get("kappa", NA)),
+        "gfLayers": str(arch.get("n_layers", NA)),
+        "gfHidden": str(arch.get("hidden", NA)),
+        "gfWindow": str(training.get("ess_window", NA)),
+        "gfSnapshotEvery": str(training.get("snapshot_every", NA)),
+        "gfAccSamples": str(training.get("acceptance_samples", NA)),
+        "gfBridgeMin": str(config.get("chains", {}).get("bridge_min", NA)),
+        "gfMeasureSteps": str(config.get("measure", {}).get("steps", NA)),
+    }
+    for key, name in _GROUPS.items():
+        group = training.get(key, {})
+        out[f"gfL{name}"] = str(group.get("L", NA))
+        out[f"gfSteps{name}"] = str(group.get("steps", NA))
+        bs, nb = group.get("batch_size"), group.get("n_batches", 1)
+        out[f"gfBatch{name}"] = f"{nb}$\\times${bs}" if bs else NA
+        chain = config.get("chains", {}).get({"main": "fig3", "large": "fig5"}[key], {})
+        out[f"gfChain{name}"] = str(chain.get("length", NA))
+    return out
+
+
+def _training_macros(group: str, summary: pd.DataFrame | None) -> dict[str, str]:
+    """Final running ESS per estimator and amp (best over seeds), or the run's fate."""
+    out = {}
+    for est, est_name in _EST.items():
+        for amp in (False, True):
+            name = f"gfEss{_GROUPS[group]}{est_name}{'Amp' if amp else ''}"
+            out[name] = NA
+            if summary is None or summary.empty:
+                continue
+            rows = summary[(summary["estimator"] == est) & (summary["amp"].astype(bool) == amp)]
+            if rows.empty:
+                continue
+            done = rows[rows["status"] == "completed"]
+            if done.empty:
+                first = rows.iloc[0]
+                out[name] = f"{escape(first['status'])} (step {first['last_step']})"
+            else:
+                out[name] = format_number(done["final_ess"].max(), 2)
+    return out
+
+
+def _chain_macros(group: str, analysis: Mapping | None, nis: Mapping | None) -> dict[str, str]:
+    name = _GROUPS[group]
+    a = analysis or {}
+
+    def obs(key: str) -> Mapping:
+        return a.get(key) or {}
+
+    cond = obs("condensate")
+    bridges = a.get("bridges") or {}
+    long_runs = bridges.get("long_lengths", bridges.get("lengths_over_100"))
+    out = {
+        f"gfAcc{name}": _percent(a.get("acceptance")),
+        f"gfTauCond{name}": value_error(cond.get("tau_int"), cond.get("tau_int_error")),
+        f"gfCond{name}": value_error(cond.get("mean"), cond.get("error")),
+        f"gfSigma{name}": value_error(obs("sign").get("mean"), obs("sign").get("error")),
+        f"gfPlaq{name}": value_error(obs("plaquette").get("mean"), obs("plaquette").get("error")),
+        f"gfBridges{name}": str(len(long_runs)) if long_runs is not None else NA,
+        f"gfLongest{name}": str(bridges.get("longest", NA)),
+    }
+    n = nis or {}
+    out[f"gfFreeEnergy{name}"] = value_error(n.get("free_energy"), n.get("free_energy_error"))
+    out[f"gfNisEss{name}"] = format_number(n.get("ess"), 2) if n.get("ess") is not None else NA
+    return out
+
+
+def _ok(x: object) -> float | None:
+    try:
+        value = float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _timing_macros(table1: pd.DataFrame | None) -> dict[str, str]:
+    """Speed-up of RE over r.t. (loop) at the largest L where both ran."""
+    out = {"gfSpeedupL": NA, "gfSpeedupRe": NA, "gfSpeedupReAmp": NA, "gfScatterGainRt": NA}
+    if table1 is None or table1.empty or "rt_loop_seconds" not in table1:
+        return out
+    both = table1[table1["rt_loop_seconds"].map(_ok).notna()]
+    if "reinforce_loop_seconds" in both:
+        both = both[both["reinforce_loop_seconds"].map(_ok).notna()]
+    if both.empty:
+        return out
+    row = both.sort_values(["L", "batch_size"]).iloc[-1]
+    rt = float(row["rt_loop_seconds"])
+    out["gfSpeedupL"] = str(int(row["L"]))
+    for col, name in (
+        ("reinforce_loop_seconds", "gfSpeedupRe"),
+        ("reinforce_amp_loop_seconds", "gfSpeedupReAmp"),
+    ):
+        value = _ok(row.get(col))
+        if value:
+            out[name] = format_number(rt / value, 3)
+    scatter = _ok(row.get("rt_scatter_seconds"))
+    if scatter:
+        out["gfScatterGainRt"] = format_number(rt / scatter, 3)
+    return out
+
+
+def _dag_macros(table3: pd.DataFrame | None) -> dict[str, str]:
+    out = {}
+    for est, est_name in (("rt", "Rt"), ("reinforce", "Re")):
+        for asm, asm_name in (("loop", ""), ("scatter", "Scatter")):
+            for part in ("A", "B"):
+                out[f"gfDag{est_name}{asm_name}{part}"] = NA
+            if table3 is None or table3.empty:
+                continue
+            rows = table3[(table3["estimator"] == est) & (table3["assembly"] == asm)]
+            if "source" in rows:
+                rows = rows[rows["source"] == "ours"]
+            if rows.empty:
+                continue
+            a, b = _ok(rows.iloc[0]["fit_a"]), _ok(rows.iloc[0]["fit_b"])
+            if a is not None and b is not None:
+                out[f"gfDag{est_name}{asm_name}A"] = format_number(a, 3)
+                out[f"gfDag{est_name}{asm_name}B"] = format_number(b, 5)
+    return out
+
+
+def _memory_macros(table5: pd.DataFrame | None) -> dict[str, str]:
+    """RE's saved-tensor memory as a fraction of r.t.'s (M1, loop), first row where both ran."""
+    out = {"gfMemRatio": NA, "gfMemL": NA}
+    if table5 is None or table5.empty:
+        return out
+    for _, row in table5.iterrows():
+        rt, re = _ok(row.get("rt_loop_M1_GiB")), _ok(row.get("reinforce_loop_M1_GiB"))
+        if rt and re:
+            out["gfMemRatio"] = f"{100 * re / rt:.0f}\\%"
+            out["gfMemL"] = str(int(row["L"]))
+            break
+    return out
+
+
+def build_macros(
+    config: Mapping,
+    provenance: Mapping | None = None,
+    training: Mapping[str, pd.DataFrame | None] | None = None,
+    analyses: Mapping[str, Mapping | None] | None = None,
+    nis: Mapping[str, Mapping | None] | None = None,
+    table1: pd.DataFrame | None = None,
+    table3: pd.DataFrame | None = None,
+    table5: pd.DataFrame | None = None,
+) -> dict[str, str]:
+    """All macros the paper uses; groups are 'main' (Figs. 2, 3) and 'large' (Figs. 4, 5)."""
+    training, analyses, nis = training or {}, analyses or {}, nis or {}
+    macros = _config_macros(config)
+    prov = provenance or {}
+    macros["gfGitDescribe"] = escape(prov.get("git_describe", NA))
+    macros["gfTorchVersion"] = escape((prov.get("packages") or {}).get("torch") or NA)
+    for group in _GROUPS:
+        macros.update(_training_macros(group, training.get(group)))
+        macros.update(_chain_macros(group, analyses.get(group), nis.get(group)))
+    macros.update(_timing_macros(table1))
+    macros.update(_dag_macros(table3))
+    macros.update(_memory_macros(table5))
+    return macros

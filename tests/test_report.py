@@ -1,0 +1,538 @@
+"""The report library (figures, tables, macros, provenance) on synthetic results files.
+
+Inputs follow the documented formats of `gaugeflow train`, `measure`, `sample`, `analyze`;
+no training or measurement runs here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gaugeflow.cli import main as cli_main
+from gaugeflow.errors import UserError
+from gaugeflow.report import figures, latex, macros, paper_data, provenance, tables
+from gaugeflow.report.records import load_measurement
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_ARCH = (48, 64)
+SMALL_ARCH = (8, 16)
+
+
+def write_record(
+    folder: Path,
+    kind: str,
+    L: int,
+    estimator: str,
+    bs: int = 4,
+    nb: int = 1,
+    amp: bool = False,
+    assembly: str = "loop",
+    arch: tuple[int, int] = SMALL_ARCH,
+    status: str = "ok",
+    **values,
+) -> Path:
+    """A measurement record laid out as `gaugeflow measure` writes it."""
+    record = {
+        "kind": kind,
+        "status": status,
+        "inputs": {
+            "kind": kind,
+            "L": L,
+            "batch_size": bs,
+            "n_batches": nb,
+            "estimator": estimator,
+            "assembly": assembly,
+            "amp": amp,
+            "n_layers": arch[0],
+            "hidden": arch[1],
+            "device": "cpu",
+        },
+        "device": "cpu",
+        **values,
+    }
+    name = f"{kind}-L{L}-{bs}x{nb}-{estimator}-{amp}-{assembly}-{arch[0]}.json"
+    path = folder / name
+    path.write_text(json.dumps(record))
+    return path
+
+
+def load(paths):
+    return [load_measurement(p) for p in paths]
+
+
+# ---------------------------------------------------------------------------------------
+# formatting and LaTeX
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (784.0, "784"),
+        (0.97, "0.970"),
+        (2.3456, "2.35"),
+        (12345.6, "12346"),
+        (3e-16, "0.000000"),
+        (None, "–"),
+    ],
+)
+def test_format_number_keeps_about_three_significant_digits(value, text):
+    assert tables.format_number(value) == text
+
+
+def test_escape_protects_latex_specials_and_maps_unicode():
+    assert latex.escape("a_b & 50% #1") == r"a\_b \& 50\% \#1"
+    assert latex.escape("8 × 16") == r"8 $\times$ 16"
+
+
+def test_macro_file_rejects_names_latex_cannot_define():
+    with pytest.raises(ValueError, match="letters only"):
+        latex.macro_file({"gfEss2": "1"})
+    assert latex.macro_file({"gfX": "1"}) == "\\newcommand{\\gfX}{1}\n"
+
+
+def test_tabular_refuses_a_row_of_the_wrong_width():
+    tab = latex.Tabular("rr")
+    with pytest.raises(ValueError, match="3 cells"):
+        tab.add_row(["1", "2", "3"])
+
+
+# ---------------------------------------------------------------------------------------
+# measurement records
+
+
+def test_records_read_settings_nested_under_inputs(tmp_path):
+    path = write_record(tmp_path, "dag", 8, "rt", assembly="scatter", nodes=100)
+    m = load_measurement(path)
+    assert (m.L, m.estimator, m.assembly, m.n_layers, m.hidden) == (8, "rt", "scatter", 8, 16)
+    assert m.value("nodes") == 100
+
+
+def test_records_without_a_lattice_size_are_a_user_error(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"status": "ok", "inputs": {"estimator": "rt"}}))
+    with pytest.raises(UserError, match="lacks"):
+        load_measurement(path)
+
+
+def test_values_of_failed_measurements_are_none(tmp_path):
+    m = load_measurement(write_record(tmp_path, "timing", 8, "rt", status="oom", step_seconds=1.0))
+    assert m.value("step_seconds") is None and not m.ok
+
+
+# ---------------------------------------------------------------------------------------
+# Table 1 and 2: timing
+
+
+def timing(tmp_path, L, est, step, bs=4, nb=1, amp=False, assembly="loop", arch=SMALL_ARCH, **kw):
+    return write_record(
+        tmp_path,
+        "timing",
+        L,
+        est,
+        bs=bs,
+        nb=nb,
+        amp=amp,
+        assembly=assembly,
+        arch=arch,
+        step_seconds=step,
+        loss_seconds=kw.get("loss", step / 3),
+        backward_seconds=kw.get("back", step / 2),
+        steps=3,
+        status=kw.get("status", "ok"),
+    )
+
+
+def test_table1_speedup_is_rt_time_over_variant_time_in_the_same_row(tmp_path):
+    recs = load(
+        [
+            timing(tmp_path, 8, "rt", 2.0),
+            timing(tmp_path, 8, "reinforce", 0.5),
+            timing(tmp_path, 8, "rt", 1.0, assembly="scatter"),
+        ]
+    )
+    t = tables.table1(recs, scale="test")
+    row = t.frame.iloc[0]
+    assert row["rt_loop_seconds"] == pytest.approx(200.0)
+    assert row["reinforce_loop_speedup"] == pytest.approx(4.0)
+    assert row["rt_scatter_speedup"] == pytest.approx(2.0)
+    assert "50.0 (4.00)" in t.latex
+    assert r"\begin{tabular}" in t.latex and r"\bottomrule" in t.latex
+
+
+def test_table1_uses_best_rt_at_that_L_when_rt_ran_out_of_memory(tmp_path):
+    recs = load(
+        [
+            timing(tmp_path, 16, "rt", 3.0, bs=8, nb=2),
+            timing(tmp_path, 16, "reinforce", 1.0, bs=8, nb=2),
+            timing(tmp_path, 16, "rt", 9.9, bs=16, status="oom"),
+            timing(tmp_path, 16, "reinforce", 1.5, bs=16),
+        ]
+    )
+    t = tables.table1(recs)
+    second = t.frame.iloc[1]
+    assert second["rt_loop_status"] == "oom"
+    assert second["reinforce_loop_speedup"] == pytest.approx(2.0)
+    assert second["reinforce_loop_speedup_basis"] == "best_rt"
+    assert "oom" in t.latex and "(2.00*)" in t.latex
+
+
+def test_table1_prints_paper_values_only_where_the_setting_matches(tmp_path):
+    matching = load([timing(tmp_path, 8, "rt", 1.0, bs=1536, arch=PAPER_ARCH)])
+    t = tables.table1(matching)
+    assert t.frame.iloc[0]["paper_rt"] == 113.0
+    assert r"\emph{paper}" in t.latex and r"\emph{113}" in t.latex
+
+    other_arch = load([timing(tmp_path, 8, "rt", 1.0, bs=1536, arch=SMALL_ARCH)])
+    t = tables.table1(other_arch)
+    assert pd.isna(t.frame.iloc[0]["paper_rt"])
+    assert "paper" not in t.latex
+
+
+def test_table2_total_is_loss_plus_backward_and_skips_amp(tmp_path):
+    recs = load(
+        [
+            timing(tmp_path, 8, "rt", 1.0, loss=0.25, back=0.5),
+            timing(tmp_path, 8, "reinforce", 1.0, amp=True),
+        ]
+    )
+    t = tables.table2(recs)
+    assert t.frame.iloc[0]["rt_loop_total"] == pytest.approx(0.75)
+    assert "reinforce_amp_loop_total" not in t.frame
+
+
+# ---------------------------------------------------------------------------------------
+# Table 3: graph size
+
+
+def test_fit_quadratic_recovers_the_papers_rt_law():
+    Ls = [4, 8, 12, 16]
+    a, b = tables.fit_quadratic(Ls, [36 * L * L + 12036 for L in Ls])
+    assert a == pytest.approx(36.0) and b == pytest.approx(12036.0)
+    assert tables.fit_quadratic([8], [1.0]) is None
+
+
+def test_table3_fits_each_variant_and_adds_paper_rows_for_the_papers_flow(tmp_path):
+    paths = []
+    for L in (4, 8, 12):
+        paths.append(write_record(tmp_path, "dag", L, "rt", arch=PAPER_ARCH, nodes=5 * L * L + 7))
+        paths.append(write_record(tmp_path, "dag", L, "reinforce", arch=PAPER_ARCH, nodes=99))
+    t = tables.table3(load(paths))
+    ours = t.frame[t.frame["source"] == "ours"].set_index("estimator")
+    assert ours.loc["rt", "fit_a"] == pytest.approx(5.0)
+    assert ours.loc["reinforce", "fit_a"] == 0.0
+    paper_rows = t.frame[t.frame["source"] == "paper"].set_index("estimator")
+    assert paper_rows.loc["rt", "L8"] == 14340
+    assert r"\emph{paper r.t.}" in t.latex
+
+
+def test_table3_reports_an_oom_entry_instead_of_a_number(tmp_path):
+    paths = [
+        write_record(tmp_path, "dag", 4, "rt", nodes=10),
+        write_record(tmp_path, "dag", 8, "rt", status="oom", nodes=None),
+    ]
+    t = tables.table3(load(paths))
+    assert t.frame.iloc[0]["L8"] == "oom"
+    assert "oom" in t.latex
+
+
+# ---------------------------------------------------------------------------------------
+# Table 4 and 5
+
+
+def test_table4_lists_the_top_ops_in_milliseconds(tmp_path):
+    top = [{"name": f"Op{i}Backward0", "count": i, "seconds": 0.1 / i} for i in range(1, 13)]
+    path = write_record(tmp_path, "ops", 16, "rt", bs=512, arch=PAPER_ARCH, top=top)
+    top[0]["name"] = "CopySlices"
+    path.write_text(path.read_text().replace("Op1Backward0", "CopySlices"))
+    t = tables.table4(load([path]), top=10)
+    assert len(t.frame) == 10
+    assert t.frame.iloc[0]["ms"] == pytest.approx(100.0)
+    assert t.frame.iloc[0]["paper_ms"] == pytest.approx(2743.56)
+    assert "Op12Backward0" not in t.latex
+
+
+def test_table5_converts_bytes_and_says_when_an_entry_crashed(tmp_path):
+    ok = write_record(
+        tmp_path,
+        "memory",
+        8,
+        "rt",
+        saved_bytes=2**30,
+        peak_bytes=2**31,
+        saved_tensors=12,
+        peak_kind="cpu_rss_growth",
+    )
+    crashed = write_record(tmp_path, "memory", 8, "reinforce", status="crashed")
+    t = tables.table5(load([ok, crashed]))
+    row = t.frame.iloc[0]
+    assert row["rt_loop_M1_GiB"] == pytest.approx(1.0)
+    assert row["rt_loop_M2_GiB"] == pytest.approx(2.0)
+    assert row["reinforce_loop_status"] == "crashed"
+    assert "crashed" in t.latex and "cpu\\_rss\\_growth" in t.latex
+    assert "[GiB]" in t.latex
+
+
+def test_table5_switches_to_mebibytes_for_small_lattices(tmp_path):
+    small = write_record(
+        tmp_path, "memory", 4, "rt", saved_bytes=3 * 2**20, peak_bytes=2**21, saved_tensors=5
+    )
+    t = tables.table5(load([small]))
+    assert "[MiB]" in t.latex and " 3.00 " in t.latex
+
+
+def test_paper_table1_speedups_reproduce_the_published_ratios():
+    # transcription check: published speed-ups are r.t./RE of the published times
+    row = paper_data.TABLE1[(24, 384, 4)]
+    assert row["rt"] / row["reinforce"] == pytest.approx(8.26, abs=0.01)
+    assert row["rt"] / row["reinforce_amp"] == pytest.approx(9.58, abs=0.01)
+
+
+# ---------------------------------------------------------------------------------------
+# figures
+
+
+def test_running_average_is_a_trailing_mean_that_skips_non_finite_values():
+    avg = figures.running_average([1.0, 3.0, np.nan, 5.0], window=2)
+    np.testing.assert_allclose(avg, [1.0, 2.0, 3.0, 5.0])
+    with pytest.raises(UserError):
+        figures.running_average([1.0], window=0)
+
+
+def write_training_run(folder: Path, estimator: str, status: str = "completed", steps: int = 40):
+    folder.mkdir(parents=True)
+    step = np.arange(1, steps + 1)
+    pd.DataFrame(
+        {"step": step, "loss": 1.0 / step, "ess": step / steps, "wall_time": 0.1 * step}
+    ).to_csv(folder / "metrics.csv", index=False)
+    (folder / "summary.json").write_text(json.dumps({"status": status, "step": steps}))
+    pd.DataFrame({"step": [20, 10, 40], "acceptance": [0.2, 0.1, 0.4]}).to_csv(
+        folder / "acceptance.csv", index=False
+    )
+    return folder
+
+
+def is_pdf(path: Path) -> bool:
+    return path.read_bytes()[:5] == b"%PDF-"
+
+
+def is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_figure_cli_writes_pdf_png_and_the_numbers_behind_them(tmp_path):
+    a = write_training_run(tmp_path / "a", "rt", status="diverged", steps=20)
+    b = write_training_run(tmp_path / "b", "reinforce")
+    out = tmp_path / "fig"
+    argv = ["figure", "training", "--window", "10", "--title", "L = 4; test"]
+    argv += ["--metrics", str(a / "metrics.csv"), str(b / "metrics.csv")]
+    argv += ["--summaries", str(a / "summary.json"), str(b / "summary.json")]
+    argv += ["--acceptance", str(a / "acceptance.csv"), str(b / "acceptance.csv")]
+    argv += ["--estimators", "rt", "reinforce", "--amp", "true", "false", "--seeds", "1", "1"]
+    argv += ["--pdf", f"{out}.pdf", "--png", f"{out}.png", "--data", f"{out}.csv"]
+    assert cli_main(argv) == 0
+    assert is_pdf(Path(f"{out}.pdf")) and is_png(Path(f"{out}.png"))
+    data = pd.read_csv(f"{out}.csv").set_index("estimator")
+    assert data.loc["rt", "status"] == "diverged" and bool(data.loc["rt", "amp"])
+    # running mean over the last 10 steps of ess = step / 40
+    assert data.loc["reinforce", "final_ess"] == pytest.approx(np.mean(np.arange(31, 41)) / 40)
+    assert data.loc["reinforce", "final_acceptance"] == pytest.approx(0.4)
+
+
+def test_training_figure_cli_needs_one_entry_per_run(tmp_path, capsys):
+    a = write_training_run(tmp_path / "a", "rt")
+    argv = ["figure", "training", "--metrics", str(a / "metrics.csv")]
+    argv += ["--summaries", str(a / "summary.json"), "--estimators", "rt", "reinforce"]
+    argv += ["--amp", "false", "--seeds", "1", "--pdf", "x.pdf", "--png", "x.png"]
+    assert cli_main(argv) == 2
+    assert "one entry per run" in capsys.readouterr().err
+
+
+def chain_with_rejections(n: int, runs: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    accepted = np.ones(n, dtype=bool)
+    for start, length in runs:
+        accepted[start : start + length] = False
+    return {
+        "accepted": accepted,
+        "sign": np.where(rng.random(n) < 0.9, 1.0, -1.0),
+        "condensate": rng.normal(size=n),
+    }
+
+
+def test_long_bridges_finds_only_runs_longer_than_the_threshold():
+    chain = chain_with_rejections(1000, [(100, 150), (400, 30), (700, 101)])
+    assert figures.long_bridges(chain["accepted"], 100) == [(100, 150), (700, 101)]
+
+
+def test_history_figure_draws_each_long_bridge_in_red_on_both_panels(tmp_path):
+    chain = chain_with_rejections(1000, [(100, 150), (400, 30), (700, 101)])
+    fig = figures.history_figure(chain, threshold=100, title="t", analysis={"acceptance": 0.5})
+    for ax in fig.axes:
+        red = [line for line in ax.get_lines() if line.get_color() == "red"]
+        assert len(red) == 2
+        # the stretch where the chain repeats one configuration: the step before the run
+        # of rejections through its last rejected step
+        xs = red[0].get_xdata()
+        assert (xs[0], xs[-1]) == (99, 249)
+    np.savez(tmp_path / "chain.npz", **chain)
+    argv = ["figure", "history", "--chain", str(tmp_path / "chain.npz"), "--bridge-min", "100"]
+    argv += ["--pdf", str(tmp_path / "h.pdf"), "--png", str(tmp_path / "h.png")]
+    assert cli_main(argv) == 0
+    assert is_pdf(tmp_path / "h.pdf") and is_png(tmp_path / "h.png")
+
+
+# ---------------------------------------------------------------------------------------
+# macros, provenance, small CLI helpers
+
+
+def test_macros_define_every_macro_the_paper_uses_even_without_results():
+    used = set(re.findall(r"\\(gf[A-Za-z]+)", (REPO / "paper" / "main.tex").read_text()))
+    used -= {"gfscaletable", "gftablebox"}  # defined in main.tex itself
+    defined = set(macros.build_macros({"scale": "x"}))
+    assert used, "main.tex uses no generated macros?"
+    assert used <= defined, f"undefined in macros.tex: {sorted(used - defined)}"
+
+
+def test_macros_quote_speedups_fits_and_chain_results():
+    table1 = pd.DataFrame(
+        [
+            {"L": 8, "batch_size": 4, "rt_loop_seconds": 100.0, "reinforce_loop_seconds": 50.0},
+            {"L": 16, "batch_size": 4, "rt_loop_seconds": 400.0, "reinforce_loop_seconds": 50.0},
+        ]
+    )
+    table3 = pd.DataFrame(
+        [{"estimator": "rt", "assembly": "loop", "source": "ours", "fit_a": 36.0, "fit_b": 12036.0}]
+    )
+    training = pd.DataFrame(
+        [
+            {"estimator": "rt", "amp": True, "status": "diverged", "last_step": 7, "final_ess": 0},
+            {
+                "estimator": "reinforce",
+                "amp": False,
+                "status": "completed",
+                "last_step": 9,
+                "final_ess": 0.456,
+            },
+        ]
+    )
+    analysis = {
+        "acceptance": 0.22,
+        "condensate": {"mean": 0.1, "error": 0.01, "tau_int": 9.1234, "tau_int_error": 0.52},
+        "bridges": {"long_lengths": [120, 130], "longest": 130},
+    }
+    m = macros.build_macros(
+        {"scale": "s"},
+        training={"main": training},
+        analyses={"main": analysis},
+        table1=table1,
+        table3=table3,
+    )
+    assert m["gfSpeedupL"] == "16" and m["gfSpeedupRe"] == "8.00"
+    assert m["gfDagRtA"] == "36.0" and m["gfDagRtB"] == "12036"
+    assert m["gfEssMainRe"] == "0.46" and m["gfEssMainRtAmp"].startswith("diverged (step 7)")
+    assert m["gfAccMain"] == r"22.0\%" and m["gfBridgesMain"] == "2"
+    assert m["gfTauCondMain"] == r"\ensuremath{9.12 \pm 0.52}"
+    assert m["gfEssMainPg"] == macros.NA
+
+
+def test_value_error_rounds_the_error_to_two_digits():
+    assert macros.value_error(1.23456, 0.0123) == r"\ensuremath{1.235 \pm 0.012}"
+    assert macros.value_error(None, 1.0) == macros.NA
+
+
+def test_provenance_records_git_packages_device_and_hashes(tmp_path):
+    f = tmp_path / "x.txt"
+    f.write_text("hello")
+    stamp = provenance.collect({"scale": "t"}, REPO, "cpu", [f])
+    assert stamp["config"] == {"scale": "t"}
+    assert stamp["packages"]["torch"] and stamp["device"]["requested"] == "cpu"
+    assert stamp["inputs_sha256"][str(f)] == (
+        "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    )
+    assert stamp["git_describe"]
+    assert provenance.git_describe(tmp_path) == "unknown (not a git checkout)"
+
+
+def test_collect_acceptance_orders_snapshots_by_step(tmp_path):
+    for step, acc in ((20, 0.3), (10, 0.1)):
+        (tmp_path / f"{step}.json").write_text(json.dumps({"acceptance": acc}))
+    out = tmp_path / "acc.csv"
+    argv = ["collect-acceptance", "--inputs", str(tmp_path / "20.json"), str(tmp_path / "10.json")]
+    argv += ["--steps", "20", "10", "--out", str(out)]
+    assert cli_main(argv) == 0
+    frame = pd.read_csv(out)
+    assert frame["step"].tolist() == [10, 20] and frame["acceptance"].tolist() == [0.1, 0.3]
+    empty = tmp_path / "empty.csv"
+    assert cli_main(["collect-acceptance", "--inputs", "--steps", "--out", str(empty)]) == 0
+    assert pd.read_csv(empty).empty
+
+
+def test_record_failure_produces_an_entry_tables_show_as_crashed(tmp_path):
+    log = tmp_path / "m.log"
+    log.write_text("Traceback...\nRuntimeError: boom\n")
+    settings = {
+        "kind": "timing",
+        "L": 8,
+        "batch_size": 4,
+        "n_batches": 1,
+        "estimator": "rt",
+        "amp": False,
+        "assembly": "loop",
+        "n_layers": 8,
+        "hidden": 16,
+        "device": "cpu",
+    }
+    out = tmp_path / "rec.json"
+    argv = ["record-failure", "--settings", json.dumps(settings), "--log", str(log)]
+    assert cli_main([*argv, "--out", str(out)]) == 0
+    m = load_measurement(out)
+    assert m.status == "crashed" and "boom" in m.data["error"]
+    assert "crashed" in tables.table1([m]).latex
+
+
+def test_table_cli_writes_tex_and_csv(tmp_path):
+    rec = timing(tmp_path, 8, "rt", 1.0)
+    tex, csv = tmp_path / "t.tex", tmp_path / "t.csv"
+    argv = ["table", "table1", "--inputs", str(rec), "--scale", "tiny & fast"]
+    assert cli_main([*argv, "--tex", str(tex), "--csv", str(csv)]) == 0
+    assert r"tiny \& fast" in tex.read_text()
+    assert pd.read_csv(csv)["rt_loop_seconds"].tolist() == [100.0]
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
+def test_generated_tables_and_macros_compile_with_pdflatex(tmp_path):
+    paths = [
+        timing(tmp_path, 8, "rt", 1.0, bs=1536, arch=PAPER_ARCH),
+        timing(tmp_path, 8, "reinforce", 0.5, bs=1536, arch=PAPER_ARCH, status="oom"),
+    ]
+    body = tables.table1(load(paths), scale="β = 2, 8 × 16 & co").latex
+    body += tables.table2(load(paths)).latex
+    dag = [write_record(tmp_path, "dag", L, "rt", arch=PAPER_ARCH, nodes=L) for L in (4, 8)]
+    body += tables.table3(load(dag)).latex
+    analysis = {"condensate": {"tau_int": 3.0, "tau_int_error": 0.2}}
+    defined = macros.build_macros({"scale": "a_b"}, analyses={"main": analysis})
+    (tmp_path / "macros.tex").write_text(latex.macro_file(defined))
+    # numbers with errors and n/a placeholders work in text and in math
+    text = r"\gfScale: \gfTauCondMain, $\tau = \gfTauCondMain$, $\gfDagRtA L^2$, \gfEssMainPg."
+    doc = (
+        "\\documentclass{article}\\usepackage{booktabs,amsmath}"
+        "\\input{macros}\\begin{document}" + text + "\n" + body + "\\end{document}\n"
+    )
+    (tmp_path / "doc.tex").write_text(doc)
+    result = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert is_pdf(tmp_path / "doc.pdf")

@@ -1,0 +1,238 @@
+"""The Snakemake workflow: plans for every config, lint, config validation, tiny end to end.
+
+Dry runs and lint take seconds; the end-to-end run of config/tiny.yaml (marked `workflow`)
+trains, samples and measures for real, at a toy scale, in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = str(BIN / "snakemake") if (BIN / "snakemake").exists() else "snakemake"
+CONFIGS = ["config.yaml", "config/paper.yaml", "config/tiny.yaml"]
+TRAIN_OUTPUT = re.compile(
+    r"results/runs/train/(main|large)/L(\d+)-(\w+)-(fp32|amp)-s(\d+)/model\.pt"
+)
+
+
+def snakemake(*args: str, workdir: Path | None = None, timeout: int = 300, **env_extra: str):
+    """Run snakemake on the repository's Snakefile (results in `workdir`, if given)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env.update(env_extra)
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile")]
+    if workdir is not None:
+        cmd += ["--directory", str(workdir)]
+    return subprocess.run(
+        [*cmd, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def planned_training_runs(output: str) -> set[tuple]:
+    return {
+        (group, int(L), est, prec == "amp", int(seed))
+        for group, L, est, prec, seed in TRAIN_OUTPUT.findall(output)
+    }
+
+
+def configured_training_runs(config_file: str) -> set[tuple]:
+    cfg = yaml.safe_load((REPO / config_file).read_text())
+    runs = set()
+    for group in ("main", "large"):
+        g = cfg["training"][group]
+        for est, amp, seed in itertools.product(g["estimators"], g["amp"], g.get("seeds", [1])):
+            runs.add((group, g["L"], est, amp, seed))
+    return runs
+
+
+@pytest.mark.parametrize("config_file", CONFIGS)
+def test_dry_run_plans_every_training_run_of_the_config(config_file, tmp_path):
+    result = snakemake("-n", "--cores", "2", "--configfile", config_file, workdir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = planned_training_runs(result.stdout + result.stderr)
+    expected = configured_training_runs(config_file)
+    assert planned == expected, f"missing {expected - planned}, extra {planned - expected}"
+    assert not (tmp_path / "results").exists()
+
+
+def test_paper_config_trains_both_estimators_with_and_without_amp_at_16_and_24():
+    runs = configured_training_runs("config/paper.yaml")
+    for est, amp in itertools.product(("rt", "reinforce"), (False, True)):
+        assert ("main", 16, est, amp, 1) in runs
+    assert ("large", 24, "reinforce", False, 1) in runs
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint")
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-3000:]
+    assert "Lints for" not in text, text[-3000:]
+
+
+def test_named_target_plans_only_what_it_needs(tmp_path):
+    # the target first: --configfile takes every word after it
+    result = snakemake(
+        "table3", "-n", "--cores", "2", "--configfile", "config/tiny.yaml", workdir=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    jobs = set(re.findall(r"^(?:local)?rule (\w+):", text, flags=re.M))
+    assert "table3" in jobs and "measure" in jobs
+    assert "train" not in jobs and "paper" not in jobs
+    assert "results/runs/measure/timing" not in text
+
+
+def bad_config(tmp_path: Path, edit) -> Path:
+    cfg = yaml.safe_load((REPO / "config/tiny.yaml").read_text())
+    edit(cfg)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _typo(cfg):
+    cfg["training"]["checkpoint_evry"] = cfg["training"].pop("checkpoint_every")
+
+
+def _wrong_type(cfg):
+    cfg["training"]["main"]["steps"] = "twelve"
+
+
+def _bad_lattice(cfg):
+    cfg["training"]["large"]["L"] = 10
+
+
+def _bad_enum(cfg):
+    cfg["measure"]["table3"]["estimators"] = ["rt", "reinforcee"]
+
+
+def _bad_measure_lattice(cfg):
+    cfg["measure"]["table1"][0]["L"] = 6
+
+
+def _missing_required(cfg):
+    del cfg["scale"]
+
+
+def _untrained_chain(cfg):
+    cfg["chains"]["fig3"]["estimator"] = "path"
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (_typo, "checkpoint_evry"),
+        (_wrong_type, "steps"),
+        (_bad_lattice, "multiple of 4"),
+        (_bad_enum, "reinforcee"),
+        (_bad_measure_lattice, "['measure']['table1'][0]['L']"),
+        (_missing_required, "'scale' is a required property"),
+        (_untrained_chain, "chains.fig3.estimator"),
+    ],
+    ids=["typo", "type", "lattice", "enum", "measure-lattice", "required", "cross-key"],
+)
+def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path, edit, named):
+    workdir = tmp_path / "work"
+    result = snakemake(
+        "--cores", "1", "--configfile", str(bad_config(tmp_path, edit)), workdir=workdir
+    )
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert named in text, text[-3000:]
+    assert not (workdir / "results").exists()
+
+
+def test_lattice_error_names_the_key_path(tmp_path):
+    result = snakemake("-n", "--configfile", str(bad_config(tmp_path, _bad_lattice)))
+    assert "['training']['large']['L']" in result.stdout + result.stderr
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_tiny_config_end_to_end_builds_every_figure_table_and_the_paper(tmp_path):
+    start = time.perf_counter()
+    run = snakemake(
+        "--cores", "2", "--configfile", "config/tiny.yaml", workdir=tmp_path, timeout=1800
+    )
+    elapsed = time.perf_counter() - start
+    latex = shutil.which("latexmk") is not None and shutil.which("pdflatex") is not None
+    results = tmp_path / "results"
+    logs = (
+        "\n".join(
+            f"== {p}\n{p.read_text(errors='replace')[-1500:]}"
+            for p in sorted((results / "logs").rglob("*.log"))
+            if "rror" in p.read_text(errors="replace")
+        )
+        if (results / "logs").exists()
+        else ""
+    )
+    if latex:
+        assert run.returncode == 0, run.stderr[-4000:] + logs
+    for fig in ("fig2", "fig3", "fig4", "fig5"):
+        for ext in ("pdf", "png"):
+            path = results / "figures" / f"{fig}.{ext}"
+            assert path.is_file() and path.stat().st_size > 1000, f"{path} missing or empty"
+    for table in ("table1", "table2", "table3", "table4", "table5"):
+        tex = (results / "tables" / f"{table}.tex").read_text()
+        assert r"\begin{tabular}" in tex and r"\bottomrule" in tex
+        assert (results / "tables" / f"{table}.csv").stat().st_size > 0
+    assert (results / "provenance.json").is_file()
+    if latex:
+        assert (results / "paper.pdf").read_bytes()[:5] == b"%PDF-"
+    else:
+        assert "apt-get install" in run.stderr, "no LaTeX: the paper rule must say how to get it"
+    print(f"tiny workflow: {elapsed:.0f} s wall on --cores 2")
+
+    # nothing left to do, and a report with every figure and table
+    again = snakemake("-n", "--cores", "2", "--configfile", "config/tiny.yaml", workdir=tmp_path)
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-2000:]
+    report = snakemake(
+        "--configfile",
+        "config/tiny.yaml",
+        "--report",
+        "results/report.html",
+        workdir=tmp_path,
+        timeout=600,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (results / "report.html").read_text(errors="replace")
+    for name in ("fig2.png", "fig5.png", "table1.csv", "table5.csv"):
+        assert name in html, f"{name} not in the report"
+
+    # training state (checkpoints) is never a declared output: a failed job cannot delete it
+    state = list((results / "state").rglob("checkpoints"))
+    assert state, "training kept no checkpoints under results/state"
+    listing = snakemake(
+        "--configfile", "config/tiny.yaml", "--delete-all-output", "--dry-run", workdir=tmp_path
+    )
+    declared = listing.stdout + listing.stderr
+    assert "results/runs/train" in declared, declared[-2000:]
+    assert "results/state" not in declared
+
+    # without LaTeX only the paper job fails, saying how to install it
+    no_latex = snakemake(
+        "paper",
+        "--cores",
+        "1",
+        "--forcerun",
+        "paper",
+        "--configfile",
+        "config/tiny.yaml",
+        workdir=tmp_path,
+        GAUGEFLOW_LATEXMK="latexmk-not-installed",
+    )
+    assert no_latex.returncode != 0
+    message = no_latex.stdout + no_latex.stderr
+    assert "apt-get install -y --no-install-recommends texlive-latex-base" in message
+    assert (results / "tables" / "table5.tex").is_file()  # nothing else was redone or removed

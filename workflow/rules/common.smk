@@ -1,0 +1,341 @@
+# Helpers of the rules: paths, flags, resources. Pure functions of the (validated) config.
+
+import glob
+import json
+import os
+
+from snakemake.exceptions import WorkflowError
+
+FIGURES = ["fig2", "fig3", "fig4", "fig5"]
+TABLES = ["table1", "table2", "table3", "table4", "table5"]
+# training group -> (its training figure, its Monte Carlo history figure)
+GROUP_FIGURES = {"main": ("fig2", "fig3"), "large": ("fig4", "fig5")}
+CHAIN_GROUP = {"fig3": "main", "fig5": "large"}
+PAPER_DIR = os.path.join(workflow.basedir, "paper")
+ENV = "../envs/gaugeflow.yaml"  # relative to the rule files
+# the report library: an edit reruns the figures, tables and macros (cheap), nothing else
+REPORT_CODE = sorted(glob.glob(os.path.join(workflow.basedir, "src/gaugeflow/report/*.py")))
+
+TRAIN_DIR = "results/runs/train/{group}/L{L}-{estimator}-{prec}-s{seed}"
+# resumable state of training lives outside the declared outputs, so that Snakemake's
+# removal of a failed job's outputs never reaches the checkpoints (or earlier snapshots)
+STATE_DIR = "results/state/train/{group}/L{L}-{estimator}-{prec}-s{seed}"
+MEASURE = "results/runs/measure/{kind}/L{L}-b{bs}x{nb}-{estimator}-{prec}-{assembly}-l{layers}h{hidden}.json"
+MEASURE_LOG = "results/logs/measure/{kind}/L{L}-b{bs}x{nb}-{estimator}-{prec}-{assembly}-l{layers}h{hidden}.log"
+
+
+wildcard_constraints:
+    group="main|large",
+    L=r"\d+",
+    estimator="rt|reinforce|path",
+    prec="fp32|amp",
+    seed=r"\d+",
+    step=r"\d+",
+    fig="fig3|fig5",
+    kind="timing|dag|ops|memory",
+    bs=r"\d+",
+    nb=r"\d+",
+    assembly="loop|scatter",
+    layers=r"\d+",
+    hidden=r"\d+",
+
+
+def prec(amp):
+    return "amp" if amp else "fp32"
+
+
+# ---------------------------------------------------------------------------------------
+# cross-key checks the schema cannot express (message names the key)
+
+
+def check_config(cfg):
+    for fig, group in CHAIN_GROUP.items():
+        chain = cfg["chains"][fig]
+        runs = cfg["training"][group]
+        for key, allowed in (
+            ("estimator", runs["estimators"]),
+            ("amp", runs["amp"]),
+            ("seed", runs["seeds"]),
+        ):
+            if chain[key] not in allowed:
+                raise WorkflowError(
+                    f"config key chains.{fig}.{key} = {chain[key]!r} names no training run: "
+                    f"training.{group} trains {key} in {allowed}"
+                )
+    for group in GROUP_FIGURES:
+        extra = set(cfg["training"][group]["steps_by_estimator"]) - set(
+            cfg["training"][group]["estimators"]
+        )
+        if extra:
+            raise WorkflowError(
+                f"config key training.{group}.steps_by_estimator names estimators not trained "
+                f"in training.{group}.estimators: {sorted(extra)}"
+            )
+
+
+check_config(config)
+
+
+# ---------------------------------------------------------------------------------------
+# resources
+
+
+def res(kind, key):
+    return config["resources"][kind][key]
+
+
+def gpus(kind):
+    """gpu=1 for the jobs that run a flow (train, sample, measure) when the config asks for CUDA."""
+    return 1 if kind in ("train", "sample", "measure") and config["device"] == "cuda" else 0
+
+
+# ---------------------------------------------------------------------------------------
+# training
+
+
+def train_runs(group):
+    """(L, estimator, amp, seed) of every run of a training group, in config order."""
+    g = config["training"][group]
+    return [
+        (g["L"], est, amp, seed)
+        for est in g["estimators"]
+        for amp in g["amp"]
+        for seed in g["seeds"]
+    ]
+
+
+def train_dir(group, L, estimator, amp, seed):
+    return TRAIN_DIR.format(group=group, L=L, estimator=estimator, prec=prec(amp), seed=seed)
+
+
+def train_files(group, name):
+    return [os.path.join(train_dir(group, *run), name) for run in train_runs(group)]
+
+
+def train_flags(wildcards):
+    g = config["training"][wildcards.group]
+    t = config["training"]
+    steps = g["steps_by_estimator"].get(wildcards.estimator, g["steps"])
+    flags = [
+        f"--L {wildcards.L}",
+        f"--estimator {wildcards.estimator}",
+        "--amp" if wildcards.prec == "amp" else "--no-amp",
+        f"--seed {wildcards.seed}",
+        f"--steps {steps}",
+        f"--batch-size {g['batch_size']}",
+        f"--n-batches {g['n_batches']}",
+        f"--lr {t['lr']}",
+        f"--assembly {t['assembly']}",
+        f"--checkpoint-every {t['checkpoint_every']}",
+        f"--snapshot-every {t['snapshot_every']}",
+        f"--beta {config['physics']['beta']}",
+        f"--kappa {config['physics']['kappa']}",
+        f"--n-layers {config['architecture']['n_layers']}",
+        f"--hidden {config['architecture']['hidden']}",
+        f"--device {config['device']}",
+        "--no-progress",
+    ]
+    return " ".join(flags)
+
+
+def snapshot_steps(wildcards):
+    """Steps of the snapshots a finished training run left (known only after training)."""
+    snapshots = checkpoints.train.get(**wildcards).output.snapshots
+    found = glob_wildcards(os.path.join(snapshots, "step_{step}.pt")).step
+    return sorted(found, key=int)
+
+
+def acceptance_records(wildcards):
+    folder = TRAIN_DIR.format(**wildcards)
+    return [f"{folder}/acceptance/step_{step}.json" for step in snapshot_steps(wildcards)]
+
+
+def acceptance_step_numbers(wildcards):
+    return [int(step) for step in snapshot_steps(wildcards)]
+
+
+def training_figure_params(group):
+    runs = train_runs(group)
+    return {
+        "estimators": " ".join(r[1] for r in runs),
+        "amp": " ".join("true" if r[2] else "false" for r in runs),
+        "seeds": " ".join(str(r[3]) for r in runs),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# chains (Figs. 3 and 5)
+
+
+def chain_model(wildcards):
+    chain = config["chains"][wildcards.fig]
+    group = CHAIN_GROUP[wildcards.fig]
+    L = config["training"][group]["L"]
+    folder = train_dir(group, L, chain["estimator"], chain["amp"], chain["seed"])
+    return os.path.join(folder, "model.pt")
+
+
+def chain_length(wildcards):
+    return config["chains"][wildcards.fig]["length"]
+
+
+def chain_seed(wildcards):
+    return config["chains"][wildcards.fig]["chain_seed"]
+
+
+def chain_title(fig):
+    chain = config["chains"][fig]
+    group = CHAIN_GROUP[fig]
+    est = {"rt": "r.t.", "reinforce": "RE", "path": "PG"}[chain["estimator"]]
+    amp = " amp" if chain["amp"] else ""
+    return f"L = {config['training'][group]['L']}, {est}{amp}, {config['scale']}"
+
+
+def nis_files():
+    if not config["chains"]["nis"]:
+        return []
+    return [f"results/runs/chains/{fig}/nis.json" for fig in CHAIN_GROUP]
+
+
+# ---------------------------------------------------------------------------------------
+# measurements (Tables 1-5)
+
+
+def measure_arch(spec):
+    """(n_layers, hidden) of a table: its own, else measure's, else the training flow's."""
+    m, arch = config["measure"], config["architecture"]
+    layers = spec.get("n_layers", m.get("n_layers", arch["n_layers"]))
+    hidden = spec.get("hidden", m.get("hidden", arch["hidden"]))
+    return layers, hidden
+
+
+def measure_file(kind, L, bs, nb, estimator, amp, assembly, arch):
+    return MEASURE.format(
+        kind=kind,
+        L=L,
+        bs=bs,
+        nb=nb,
+        estimator=estimator,
+        prec=prec(amp),
+        assembly=assembly,
+        layers=arch[0],
+        hidden=arch[1],
+    )
+
+
+def table_inputs(table):
+    """Measurement records behind a table, in the order its rows and columns appear."""
+    m = config["measure"]
+    if table in ("table1", "table2"):
+        arch = measure_arch({})
+        return [
+            measure_file(
+                "timing",
+                row["L"],
+                row["batch_size"],
+                row["n_batches"],
+                v["estimator"],
+                v["amp"],
+                v["assembly"],
+                arch,
+            )
+            for row in m["table1"]
+            for v in m["variants"]
+        ]
+    if table == "table3":
+        spec = m["table3"]
+        return [
+            measure_file("dag", L, spec["batch_size"], 1, est, False, asm, measure_arch(spec))
+            for est in spec["estimators"]
+            for asm in spec["assemblies"]
+            for L in spec["L"]
+        ]
+    if table == "table4":
+        spec = m["table4"]
+        return [
+            measure_file("ops", spec["L"], spec["batch_size"], 1, est, False, asm, measure_arch(spec))
+            for est in spec["estimators"]
+            for asm in spec["assemblies"]
+        ]
+    if table == "table5":
+        spec = m["table5"]
+        return [
+            measure_file("memory", row["L"], row["batch_size"], 1, est, False, asm, measure_arch(spec))
+            for row in spec["rows"]
+            for est in spec["estimators"]
+            for asm in spec["assemblies"]
+        ]
+    raise ValueError(f"unknown table {table!r}")
+
+
+def measure_flags(wildcards):
+    m = config["measure"]
+    flags = [
+        "--amp" if wildcards.prec == "amp" else "",
+        f"--beta {config['physics']['beta']}",
+        f"--kappa {config['physics']['kappa']}",
+        f"--device {config['device']}",
+    ]
+    if wildcards.kind == "timing":
+        flags += [f"--steps {m['steps']}", f"--warmup {m['warmup']}"]
+    if wildcards.kind == "ops":
+        flags.append(f"--repeats {m['repeats']}")
+    return " ".join(f for f in flags if f)
+
+
+def measure_settings(wildcards):
+    """The entry a failed measurement is recorded under (on_failure: record)."""
+    return json.dumps(
+        {
+            "kind": wildcards.kind,
+            "L": int(wildcards.L),
+            "batch_size": int(wildcards.bs),
+            "n_batches": int(wildcards.nb),
+            "estimator": wildcards.estimator,
+            "amp": wildcards.prec == "amp",
+            "assembly": wildcards.assembly,
+            "n_layers": int(wildcards.layers),
+            "hidden": int(wildcards.hidden),
+            "device": config["device"],
+        }
+    )
+
+
+def on_failure(wildcards, output):
+    """Shell run when a measurement fails: stop (exit 1) or write a 'crashed' record."""
+    if config["on_failure"] == "stop":
+        return "exit 1"
+    log = MEASURE_LOG.format(**wildcards)
+    settings = measure_settings(wildcards)  # JSON: double quotes only
+    return (
+        f"gaugeflow record-failure --settings '{settings}' --log {log} --out {output[0]} "
+        f">> {log} 2>&1"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# report and paper
+
+
+def figure_outputs():
+    return expand("results/figures/{fig}.{ext}", fig=FIGURES, ext=["pdf", "png"])
+
+
+def table_outputs():
+    return expand("results/tables/{table}.{ext}", table=TABLES, ext=["tex", "csv"])
+
+
+def config_json():
+    return json.dumps(config, sort_keys=True)
+
+
+def tex_search_path():
+    """TEXINPUTS for the paper: its sources, then the generated tables, figures, macros."""
+    parts = [PAPER_DIR, "results/tables", "results/figures", "results/paper"]
+    return ":".join(os.path.abspath(p) for p in parts) + ":"
+
+
+def nis_flags():
+    if not config["chains"]["nis"]:
+        return ""
+    return "--nis-main results/runs/chains/fig3/nis.json --nis-large results/runs/chains/fig5/nis.json"
