@@ -12,7 +12,7 @@ TABLES = ["table1", "table2", "table3", "table4", "table5"]
 GROUP_FIGURES = {"main": ("fig2", "fig3"), "large": ("fig4", "fig5")}
 CHAIN_GROUP = {"fig3": "main", "fig5": "large"}
 PAPER_DIR = os.path.join(workflow.basedir, "paper")
-ENV = "../envs/gaugeflow.yaml"  # relative to the rule files
+ENV = "../../environment.yml"  # the project's conda environment, relative to the rule files
 # the report library: an edit reruns the figures, tables and macros (cheap), nothing else
 REPORT_CODE = sorted(glob.glob(os.path.join(workflow.basedir, "src/gaugeflow/report/*.py")))
 
