@@ -97,9 +97,13 @@ class GaugeEquivariantCoupling(nn.Module):
     def _spline_params(self, theta: torch.Tensor, plaq: torch.Tensor) -> torch.Tensor:
         """Spline parameters at the active sites, [B, n_active, 3K], in theta's dtype."""
         out = self.net(self.conditioner_features(theta, plaq))
-        out = out.flatten(2).index_select(2, self.active_sites)
+        if out.is_contiguous(memory_format=torch.channels_last):
+            # [B, L, L, 3K] is a view: gather the active sites' rows directly
+            out = out.permute(0, 2, 3, 1).flatten(1, 2).index_select(1, self.active_sites)
+        else:
+            out = out.flatten(2).index_select(2, self.active_sites).transpose(1, 2)
         # under autocast the net may answer in bf16/fp16; the spline runs in theta's dtype
-        return out.transpose(1, 2).to(theta.dtype)
+        return out.to(theta.dtype)
 
     def _active_angles(self, plaq: torch.Tensor) -> torch.Tensor:
         """Active plaquettes mod 2pi, [B, n_active]."""
