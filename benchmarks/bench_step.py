@@ -42,10 +42,11 @@ import torch
 
 from gaugeflow.io import write_json
 from gaugeflow.measure import (
+    FloorReplay,
     MeasureSetup,
     build_setup,
+    floor_action,
     gradient_step,
-    measure_floor,
     measure_timing,
 )
 
@@ -108,9 +109,11 @@ def _loadavg() -> float | None:
 def bench_L(L: int, names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Timing and floor of each configuration at one L.
 
-    The configurations' timed steps are interleaved (round robin: one step of each, then the
-    next round), so that a change in the machine's load affects all of them alike and the
-    ratios between them stay meaningful on a shared machine.
+    Rounds: in each, every configuration runs one timed gradient step and then, with
+    ``--floor`` on, its conditioner nets and its action alone on the inputs recorded from one
+    loss call (gaugeflow.measure.FloorReplay). Interleaving keeps the ratios (speed-ups,
+    fractions of a step) meaningful when the machine's load changes during the run; each
+    fraction is the median over rounds of the per-round ratio.
     """
     load0 = _loadavg()
     t0 = time.perf_counter()
@@ -118,51 +121,63 @@ def bench_L(L: int, names: list[str], args: argparse.Namespace) -> list[dict[str
     repeats = {
         n: min(args.repeats, args.slow_repeats) if _is_slow(L, n) else args.repeats for n in names
     }
-    samples: dict[str, dict[str, list[float]]] = {
-        n: {"step_seconds": [], "loss_seconds": [], "backward_seconds": []} for n in names
-    }
+    replays: dict[str, FloorReplay] = {}
+    cheap: dict[str, Any] = {}
     for name in names:
         for _ in range(args.warmup):
             gradient_step(setups[name])
+        if args.floor:
+            replays[name] = FloorReplay(setups[name])
+            cheap[name] = floor_action(setups[name], "scatter")
+            replays[name].conditioners()  # warm-up replays (the slow loop action is warm)
+            replays[name].action(cheap[name])
+    keys = ("step", "loss", "backward", "conv", "det", "action", "conv_f", "det_f", "action_f")
+    samples: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in names}
     for r in range(max(repeats.values())):
         for name in names:
-            if r < repeats[name]:
-                got = measure_timing(setups[name], steps=1, warmup=0)["samples"]
-                for key, values in got.items():
-                    samples[name][key].extend(values)
+            if r >= repeats[name]:
+                continue
+            got = samples[name]
+            timing = measure_timing(setups[name], steps=1, warmup=0)
+            step = timing["step_seconds"]
+            got["step"].append(step)
+            got["loss"].append(timing["loss_seconds"])
+            got["backward"].append(timing["backward_seconds"])
+            if args.floor:
+                replay = replays[name]
+                conv = replay.conditioners()
+                det = replay.action(cheap[name])
+                action = det if cheap[name] is setups[name].action else replay.action()
+                for key, value in (("conv", conv), ("det", det), ("action", action)):
+                    got[key].append(value)
+                    got[key + "_f"].append(value / step)
     rows = []
     for name in names:
         estimator, assembly = CONFIGS[name]
-        step_s = samples[name]["step_seconds"]
-        step = statistics.median(step_s)
+        got = samples[name]
         row: dict[str, Any] = {
             "L": L,
             "config": name,
             "estimator": estimator,
             "assembly": assembly,
             "repeats": repeats[name],
-            "step_seconds": step,
-            "step_min": min(step_s),
-            "step_max": max(step_s),
-            "loss_seconds": statistics.median(samples[name]["loss_seconds"]),
-            "backward_seconds": statistics.median(samples[name]["backward_seconds"]),
+            "step_seconds": statistics.median(got["step"]),
+            "step_min": min(got["step"]),
+            "step_max": max(got["step"]),
+            "loss_seconds": statistics.median(got["loss"]),
+            "backward_seconds": statistics.median(got["backward"]),
         }
-        if args.floor_repeats:
-            slow = _is_slow(L, name)
-            floor = measure_floor(
-                setups[name],
-                repeats=min(args.floor_repeats, args.slow_repeats) if slow else args.floor_repeats,
-                warmup=0 if slow else 1,  # the steps just run warmed the slow action up
-            )
+        if args.floor:
+            eff = [c + d for c, d in zip(got["conv_f"], got["det_f"], strict=True)]
             row.update(
-                conditioner_seconds=floor["conditioner_seconds"],
-                determinant_seconds=floor["determinant_seconds"],
-                action_seconds=floor["action_seconds"],
-                action_differentiated=floor["action_differentiated"],
-                conv_fraction=floor["conditioner_seconds"] / step,
-                det_fraction=floor["determinant_seconds"] / step,
-                action_fraction=floor["action_seconds"] / step,
-                efficiency=(floor["conditioner_seconds"] + floor["determinant_seconds"]) / step,
+                conditioner_seconds=statistics.median(got["conv"]),
+                determinant_seconds=statistics.median(got["det"]),
+                action_seconds=statistics.median(got["action"]),
+                action_differentiated=replays[name].action_differentiated,
+                conv_fraction=statistics.median(got["conv_f"]),
+                det_fraction=statistics.median(got["det_f"]),
+                action_fraction=statistics.median(got["action_f"]),
+                efficiency=statistics.median(eff),
             )
         rows.append(row)
     for row in rows:
@@ -217,20 +232,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--L", type=int, nargs="+", default=[4, 8, 12, 16])
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=DEFAULT_CONFIGS)
-    p.add_argument("--repeats", type=int, default=3, help="timed steps per configuration")
+    p.add_argument("--repeats", type=int, default=3, help="rounds: timed steps per configuration")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument(
-        "--floor-repeats",
-        type=int,
-        default=2,
-        help="replays of conditioner and action (0: skip the floor)",
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time conditioner nets and action alone in each round (default: on)",
     )
     p.add_argument(
         "--slow-repeats",
         type=int,
         default=1,
-        help="timed steps and floor replays for the loop assembly with a "
-        "differentiated action (r.t./path) at L >= 12, which take ~10-40 s each",
+        help="rounds for the loop assembly with a differentiated action (r.t., path) at "
+        "L >= 12, whose steps take ~10-40 s each (default 1)",
     )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--n-layers", type=int, default=48)

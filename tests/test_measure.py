@@ -267,3 +267,18 @@ def test_a_real_cpu_allocation_failure_is_recorded_as_oom():
     rec = M.run_measurement("dag", {**_cfg(4, "rt", "scatter"), "batch_size": 10**12})
     assert rec["status"] == "oom" and rec["nodes"] is None
     assert "allocate" in rec["error"]
+
+
+@pytest.mark.parametrize(
+    ("estimator", "passes", "differentiated"), [("rt", 1, True), ("reinforce", 2, False)]
+)
+def test_floor_replay_records_each_conditioner_and_action_call(estimator, passes, differentiated):
+    """REINFORCE runs the nets twice (no-grad forward, reverse with grad) and never
+    differentiates the action; r.t. runs them once and differentiates the action."""
+    setup = M.build_setup(_cfg(4, estimator, "loop"))
+    floor = M.measure_floor(setup, repeats=1, warmup=0)
+    assert floor["conditioner_calls"] == passes * 8
+    assert floor["action_calls"] == 1 and floor["action_differentiated"] is differentiated
+    assert floor["conditioner_seconds"] > 0 and floor["action_seconds"] > 0
+    assert floor["determinant_assembly"] == "scatter" and floor["determinant_seconds"] > 0
+    assert all(p.grad is None for p in setup.flow.parameters())  # replays leave no gradients
