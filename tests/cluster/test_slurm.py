@@ -57,7 +57,9 @@ CLUSTER_FLAGS = [
 # Workflow pieces the tiny-workflow tests need (issue 7); they skip, naming what is missing.
 WORKFLOW_FILES = ("Snakefile", "config/tiny.yaml", "profiles/slurm/config.yaml")
 # Top-level items copied into each scratch copy of the workflow.
-WORKFLOW_ITEMS = ("Snakefile", "config.yaml", "config", "workflow", "profiles", "paper", "src")
+WORKFLOW_ITEMS = (
+    "Snakefile", "config.yaml", "config", "workflow", "profiles", "paper", "src", "environment.yml",
+)  # fmt: skip
 
 
 def _path() -> str:
