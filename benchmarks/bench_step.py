@@ -14,8 +14,8 @@ architecture (48 layers, 64 channels), batch 64, float32:
   configuration's own assembly (for ``loop`` this includes the per-site assembly);
 - ``eff = (conv + det) / step``: how close the step is to its unavoidable work.
 
-Then the speed-up t(r.t.) / t(REINFORCE) per assembly. Usage (the full run takes ~15 min on
-an idle 2-core machine; L = 16 r.t.-loop needs ~40 s per step)::
+Then the speed-up t(r.t.) / t(REINFORCE) per assembly. Usage (the full run took 41 min on
+2 cores shared with other jobs, most of it r.t.-loop at L >= 12, whose steps take minutes)::
 
     OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_step.py --threads 2
     python benchmarks/bench_step.py --L 4 8 --configs rt-scatter reinforce-scatter --repeats 1
@@ -96,6 +96,27 @@ def _is_slow(L: int, name: str) -> bool:
     """Loop assembly with a differentiated action at L >= 12: ~10-40 s per step."""
     estimator, assembly = CONFIGS[name]
     return assembly == "loop" and estimator != "reinforce" and L >= 12
+
+
+def git_state() -> str:
+    """Commit of the code under test, with the files that differ from it (if any)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[1::2]
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (f" + local changes in {', '.join(dirty)}" if dirty else "")
 
 
 def _loadavg() -> float | None:
@@ -268,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_layers": args.n_layers,
         "hidden": args.hidden,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "code": git_state(),
         "load_at_start": _loadavg(),
     }
     print(json.dumps(meta), flush=True)

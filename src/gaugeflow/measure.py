@@ -37,6 +37,9 @@ Kinds (each returns a dict; :func:`run_measurement` adds the inputs and handles 
   resident set over the part, sampled every millisecond from /proc/self/statm after returning
   freed heap memory to the OS (``peak_kind`` "cpu_rss_growth").
 
+For the benchmark's efficiency figure, :class:`FloorReplay` / :func:`measure_floor` time the
+conditioner nets and the action alone on the inputs one loss call gave them.
+
 Out of memory (``torch.cuda.OutOfMemoryError``, a RuntimeError saying "out of memory" or
 "can't allocate memory", or MemoryError) ends the measurement with ``status`` "oom" and the
 kind's keys set to None, so a table can show the entry as missing.
