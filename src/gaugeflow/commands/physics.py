@@ -9,18 +9,9 @@ import numpy as np
 from ..errors import UserError
 from ..io import load_npz, write_json
 from ..runtime import configure_threads, resolve_device, resolve_dtype
+from ._args import positive_int as _positive_int
 
 __all__ = ["register"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import UserError
 from ..io import load_npz, write_json
 from ..runtime import configure_threads
+from ._args import positive_int as _positive_int
 
 __all__ = ["register"]
 
@@ -24,16 +25,6 @@ CHAIN_ARRAYS = (
     "sign",
     "topological_charge",
 )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _add_model_args(p: argparse.ArgumentParser, n_default: int | None) -> None:
