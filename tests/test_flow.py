@@ -379,3 +379,36 @@ def test_cli_flow_info_reads_a_config_and_reports_user_errors(tmp_path, capsys):
     assert "L = 12" in out and "cos, sin of frozen plaquettes\n" in out
     assert cli_main(["flow-info", "--L", "10"]) == 2
     assert "multiple of 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("slope", [0.01, 0.2, -0.3])
+def test_conditioner_matches_stock_torch_modules_value_and_gradients(slope):
+    """The fused circular-pad convolutions against nn.Sequential's own forward (F.pad circular,
+    nn.Conv2d, nn.LeakyReLU), float64: output, input gradient and weight gradients."""
+    from torch import nn
+
+    from gaugeflow.flows.nets import ConditionerCNN
+
+    torch.manual_seed(3)
+    net = ConditionerCNN(6, 5, hidden_channels=7, dilations=(1, 2, 3)).double()
+    for m in net:
+        if isinstance(m, nn.LeakyReLU):
+            m.negative_slope = slope
+    x = torch.randn(3, 6, 8, 8, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(3, 5, 8, 8, dtype=torch.float64)
+
+    def grads(forward):
+        net.zero_grad(set_to_none=True)
+        x.grad = None
+        y = forward(x)
+        (y * probe).sum().backward()
+        return y.detach(), x.grad.clone(), [p.grad.clone() for p in net.parameters()]
+
+    y_ours, gx_ours, gp_ours = grads(net)
+    y_ref, gx_ref, gp_ref = grads(lambda t: nn.Sequential.forward(net, t))
+    torch.testing.assert_close(y_ours, y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gx_ours, gx_ref, rtol=0, atol=1e-12)
+    for a, b in zip(gp_ours, gp_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), y_ref, rtol=0, atol=1e-12)

@@ -5,7 +5,7 @@ Unit of work. A *part* (one loss call) is what a training step does for one of i
 ``n_batches`` parts: draw z from the prior, call the estimator (under autocast when amp is on),
 divide the loss by ``n_batches`` and call ``.backward()`` on it. A *gradient step* is
 ``zero_grad``, ``n_batches`` parts and the optimizer step (Adam, as in training). Flow, prior
-and action are built from a training config by :func:`gaugeflow.training._build`, so a
+and action are built from a training config by :func:`gaugeflow.training.build_components`, so a
 measurement runs exactly the model a training run with the same keys would.
 
 Kinds (each returns a dict; :func:`run_measurement` adds the inputs and handles OOM):
@@ -68,7 +68,7 @@ from . import __version__
 from .errors import UserError
 from .estimators import EstimatorOutput, get_estimator
 from .runtime import resolve_device, resolve_dtype
-from .training import _amp_settings, _build, make_config
+from .training import amp_settings, build_components, make_config
 
 __all__ = [
     "KINDS",
@@ -158,8 +158,8 @@ def build_setup(overrides: dict[str, Any]) -> MeasureSetup:
     device = resolve_device(config["device"])
     torch.manual_seed(config["seed"])
     generator = torch.Generator(device="cpu").manual_seed(config["seed"])
-    flow, prior, action = _build(config, device)
-    amp_dtype, use_scaler = _amp_settings(config, device)
+    flow, prior, action = build_components(config, device)
+    amp_dtype, use_scaler = amp_settings(config, device)
     return MeasureSetup(
         config=config,
         device=device,

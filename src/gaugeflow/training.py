@@ -33,6 +33,8 @@ from .runtime import resolve_device, resolve_dtype
 
 __all__ = [
     "DEFAULTS",
+    "amp_settings",
+    "build_components",
     "METRIC_COLUMNS",
     "make_config",
     "train",
@@ -140,7 +142,8 @@ def _validate(config: dict[str, Any]) -> None:
         )
 
 
-def _build(config: dict[str, Any], device: torch.device):
+def build_components(config: dict[str, Any], device: torch.device):
+    """Flow, prior and action of a (validated, `make_config`) training config on `device`."""
     from .flows.model import build_flow, default_config
     from .flows.prior import UniformPrior
     from .physics.action import SchwingerAction
@@ -291,7 +294,11 @@ def _lr_factor(config: dict[str, Any], step: int) -> float:
     return 1.0
 
 
-def _amp_settings(config: dict[str, Any], device: torch.device):
+def amp_settings(config: dict[str, Any], device: torch.device):
+    """(autocast dtype or None, whether to use a GradScaler) for a training config.
+
+    ``amp_dtype: auto`` is float16 with a GradScaler on CUDA, bfloat16 (no scaler) elsewhere.
+    """
     if not config["amp"]:
         return None, False
     name = config["amp_dtype"]
@@ -328,11 +335,11 @@ def train(
     np.random.seed(config["seed"] % 2**32)
     random.seed(config["seed"])
 
-    flow, prior, action = _build(config, device)
+    flow, prior, action = build_components(config, device)
     estimator = get_estimator(config["estimator"])
     optimizer = torch.optim.Adam(flow.parameters(), lr=config["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(config, s))
-    amp_dtype, use_scaler = _amp_settings(config, device)
+    amp_dtype, use_scaler = amp_settings(config, device)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
     start_step, wall_offset = 0, 0.0

@@ -3,8 +3,40 @@
 import glob
 import json
 import os
+import shutil
+import sys
 
 from snakemake.exceptions import WorkflowError
+
+def _locate_cli():
+    """Make the `gaugeflow` command reachable from every job's shell.
+
+    `.venv/bin/snakemake` (the README's command) runs without the virtual environment on
+    PATH: the CLI installed next to this interpreter is then put first on PATH (jobs inherit
+    it). Without it anywhere, stop now, before any job, with the way out.
+    """
+    here = os.path.dirname(sys.executable)
+    if os.path.exists(os.path.join(here, "gaugeflow")):
+        if shutil.which("gaugeflow") != os.path.join(here, "gaugeflow"):
+            os.environ.update(PATH=os.pathsep.join([here, os.getenv("PATH", "")]))
+        return
+    if shutil.which("gaugeflow") is not None:
+        return
+    methods = getattr(workflow.deployment_settings, "deployment_method", ()) or ()
+    if any("conda" in str(m).lower() for m in methods):
+        return  # the rules' conda environment (environment.yml) provides it
+    raise WorkflowError(
+        "the `gaugeflow` command is not installed next to this snakemake "
+        f"({sys.executable}) nor on PATH: run `make install` and then "
+        "`.venv/bin/snakemake`, or `pip install -e .` into this environment"
+    )
+
+
+_locate_cli()
+# OpenMP threads that spin while they wait made a 2-thread step 4x slower when other jobs
+# shared the cores (benchmarks/RESULTS.md); jobs inherit this unless the user set it
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 FIGURES = ["fig2", "fig3", "fig4", "fig5"]
 TABLES = ["table1", "table2", "table3", "table4", "table5"]

@@ -125,14 +125,19 @@ def _macros(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_flag(text: str, flag: str):
+    """The JSON value given to a command-line flag, or a UserError naming the flag."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{flag} is not valid JSON: {exc}") from exc
+
+
 def _provenance(args: argparse.Namespace) -> int:
     from ..io import write_json
     from ..report.provenance import collect
 
-    try:
-        config = json.loads(args.config_json)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--config-json is not valid JSON: {exc}") from exc
+    config = _json_flag(args.config_json, "--config-json")
     stamp = collect(config, args.source_dir, args.device, args.inputs or [])
     write_json(args.out, stamp)
     if args.config_out:
@@ -167,10 +172,7 @@ def _record_failure(args: argparse.Namespace) -> int:
 
     from ..io import write_json
 
-    try:
-        settings = json.loads(args.settings)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--settings is not valid JSON: {exc}") from exc
+    settings = _json_flag(args.settings, "--settings")
     tail = ""
     if args.log and Path(args.log).is_file():
         tail = "\n".join(Path(args.log).read_text(errors="replace").splitlines()[-20:])

@@ -81,6 +81,16 @@ def _unique(items: Iterable) -> list:
     return list(seen)
 
 
+def _published_columns(published: dict | None, parts: Sequence[str]) -> dict:
+    """CSV columns ``paper_<estimator>_<part>`` with the paper's numbers (None where absent)."""
+    columns = {}
+    for est in ("rt", "reinforce"):
+        values = published.get(est) if published else None
+        for i, part in enumerate(parts):
+            columns[f"paper_{est}_{part}"] = values[i] if values else None
+    return columns
+
+
 def _paper_arch(records: Sequence[Measurement]) -> bool:
     return bool(records) and all(
         paper.matches_paper_architecture(m.n_layers, m.hidden) for m in records
@@ -219,10 +229,7 @@ def table2(records: Sequence[Measurement], scale: str = "") -> Table:
             else:
                 cells += [format_number(total), format_number(loss), format_number(back)]
         published = paper.TABLE2.get((row[0], row[1])) if match else None
-        for est in ("rt", "reinforce"):
-            values = published.get(est) if published else None
-            for i, part in enumerate(("total", "loss", "backward")):
-                out[f"paper_{est}_{part}"] = values[i] if values else None
+        out.update(_published_columns(published, ("total", "loss", "backward")))
         frame_rows.append(out)
         tab.add_row(cells)
         if published:
@@ -457,10 +464,7 @@ def table5(records: Sequence[Measurement], scale: str = "") -> Table:
                     str(int(n_t)) if n_t is not None else MISSING,
                 ]
         published = paper.TABLE5.get(row) if match else None
-        for est in ("rt", "reinforce"):
-            values = published.get(est) if published else None
-            for i, part in enumerate(("M1_GB", "M2_GB", "nt")):
-                out[f"paper_{est}_{part}"] = values[i] if values else None
+        out.update(_published_columns(published, ("M1_GB", "M2_GB", "nt")))
         frame_rows.append(out)
         tab.add_row(cells)
         if published:
