@@ -320,3 +320,30 @@ def test_pure_gauge_observables_match_the_general_path_at_tiny_kappa():
     near0 = measure(theta, beta=2.0, kappa=1e-9)
     for key, value in exact0.items():
         torch.testing.assert_close(value, near0[key], atol=1e-7, rtol=0, msg=key)
+
+
+@pytest.mark.parametrize("method", ["eo", "full"])
+def test_measure_factorises_each_configuration_exactly_once(monkeypatch, method):
+    """Sampling's measurement: log det, sign and D^-1 from one LU per configuration."""
+    import torch.linalg as tla
+
+    from gaugeflow.physics import observables
+
+    factorised = []
+    real_lu_factor = tla.lu_factor
+
+    def counting_lu_factor(A, *args, **kwargs):
+        factorised.append(A.shape[:-2].numel())
+        return real_lu_factor(A, *args, **kwargs)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a second factorisation route was used")
+
+    monkeypatch.setattr(tla, "lu_factor", counting_lu_factor)
+    for name in ("slogdet", "det", "inv", "solve", "lu_factor_ex", "lu"):
+        monkeypatch.setattr(tla, name, forbidden)
+    torch.manual_seed(0)
+    theta = torch.rand(5, 2, 4, 4, dtype=torch.float64) * 2 * torch.pi
+    out = observables.measure(theta, beta=2.0, kappa=0.276, method=method)
+    assert sum(factorised) == 5
+    assert torch.isfinite(out["condensate"]).all()
