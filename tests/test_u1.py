@@ -78,9 +78,23 @@ def test_unit_charge_configuration(L):
 
 
 def test_topological_charge_is_an_integer(generator):
-    charge = u1.topological_charge(_random_theta(generator, batch=50, L=6))
-    np.testing.assert_allclose(charge, torch.round(charge), atol=1e-10)
-    assert charge.abs().max() > 0, "50 random configurations all with Q = 0 is implausible"
+    theta = _random_theta(generator, batch=50, L=6)
+    raw = u1.topological_charge(theta, rounded=False)
+    np.testing.assert_allclose(raw, torch.round(raw), atol=1e-10)  # the sum itself
+    assert torch.equal(u1.topological_charge(theta), torch.round(raw))
+    assert raw.abs().max() > 0.5, "50 random configurations all with Q = 0 is implausible"
+
+
+def test_topological_charge_is_exactly_integer_in_float32():
+    gen = torch.Generator().manual_seed(5)
+    theta = (2 * math.pi * torch.rand(20, 2, 16, 16, generator=gen)).float()
+    raw = u1.topological_charge(theta, rounded=False)
+    charge = u1.topological_charge(theta)
+    assert charge.dtype == torch.float32
+    assert (raw - torch.round(raw)).abs().max() < 1e-3  # only rounding noise was removed
+    assert torch.equal(charge, torch.round(charge))
+    reference = u1.topological_charge(theta.double()).float()
+    assert torch.equal(charge, reference)
 
 
 def test_gauge_action_charge_and_loops_are_gauge_invariant(generator):
