@@ -8,6 +8,7 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
+
 def _locate_cli():
     """Make the `gaugeflow` command reachable from every job's shell.
 
