@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from gaugeflow.measure import count_graph_nodes
 from gaugeflow.physics import dirac, u1
 from gaugeflow.physics.action import SchwingerAction
 from gaugeflow.physics.observables import OBSERVABLES, measure
@@ -180,21 +181,10 @@ def test_fermion_action_gradient_matches_finite_differences(generator, method, a
     )
 
 
-def _count_nodes(output: torch.Tensor) -> int:
-    seen, stack = set(), [output.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return len(seen)
-
-
 def test_scatter_graph_is_constant_and_loop_graph_grows_with_the_volume():
     def nodes(L: int, assembly: str) -> int:
         theta = torch.zeros(1, 2, L, L, requires_grad=True)
-        return _count_nodes(
+        return count_graph_nodes(
             dirac.fermion_action(theta, 0.2, method="full", assembly=assembly).sum()
         )
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from gaugeflow.measure import count_graph_nodes
 from gaugeflow.physics import linalg
 from gaugeflow.physics.dirac import dirac_matrix
 
@@ -128,17 +129,6 @@ def test_negative_determinant_sign(generator):
     assert sign[1] == -sign[0]
 
 
-def _count_nodes(output: torch.Tensor) -> int:
-    seen, stack = set(), [output.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return len(seen)
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 def test_one_graph_node_per_call_whatever_the_batch(generator, threads):
     torch.set_num_threads(threads)
@@ -146,9 +136,9 @@ def test_one_graph_node_per_call_whatever_the_batch(generator, threads):
     for batch in (1, 7):
         M = _random_batch(generator, batch, 160, torch.complex64).requires_grad_(True)
         # leaf (AccumulateGrad) -> slogdet -> sum; inv and solve have one more (abs)
-        counts.append(_count_nodes(linalg.slogdet(M)[1].sum()))
-        counts.append(_count_nodes(linalg.inv(M).abs().sum()) - 1)
-        counts.append(_count_nodes(linalg.solve(M, M.detach()[..., :2]).abs().sum()) - 1)
+        counts.append(count_graph_nodes(linalg.slogdet(M)[1].sum()))
+        counts.append(count_graph_nodes(linalg.inv(M).abs().sum()) - 1)
+        counts.append(count_graph_nodes(linalg.solve(M, M.detach()[..., :2]).abs().sum()) - 1)
     assert counts == [3] * 6, counts
 
 
