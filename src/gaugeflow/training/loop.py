@@ -115,6 +115,14 @@ def _time_up(config: dict[str, Any], clock_start: float) -> bool:
     return limit is not None and time.monotonic() - clock_start >= limit
 
 
+@dataclass
+class _Outcome:
+    status: str  # completed | diverged | time_limit
+    step: int  # the last step run (the failing one if diverged)
+    last_good: int  # the step of the weights kept
+    divergence: Divergence | None = None
+
+
 def train(
     config: dict[str, Any],
     out_dir: str | Path,
@@ -146,65 +154,71 @@ def train(
         ckpt.save(n, {**state, "train_step": step.state_dict()})
         metrics.publish(out_dir / "metrics.csv")
 
-    status, n, divergence = "completed", start.step, None
+    outcome = _Outcome("completed", start.step, start.step)
     bar, t_start = _Progress(config, start.step, progress), time.perf_counter()
     try:
         for n in range(start.step + 1, config["steps"] + 1):
             result = step.run(n)
+            outcome.step = n
             if result.divergence is not None:
-                status, divergence = "diverged", result.divergence
+                outcome.status, outcome.divergence = "diverged", result.divergence
                 break
+            outcome.last_good = n
             wall = start.wall_offset + time.perf_counter() - t_start
             metrics.append({**result.metrics(), "wall_time": wall})
             bar.update(result)
             if config["snapshot_every"] and n % config["snapshot_every"] == 0:
-                snapshot = model_payload(step.flow, config, n, start.parent)
-                ModelFile(**snapshot).save(snap_dir / f"step_{n:07d}.pt")
+                _model_file(step, n, start.parent).save(snap_dir / f"step_{n:07d}.pt")
             stop = n < config["steps"] and _time_up(config, clock_start)
             if stop or n % config["checkpoint_every"] == 0 or n == config["steps"]:
                 save_checkpoint(n, wall)
             if stop:
-                status = "time_limit"
+                outcome.status = "time_limit"
                 break
     finally:
         bar.close()
-    last_good = _last_good_step(divergence, n, step, ckpt)
-    return _finish(step, config, out_dir, ckpt, metrics, status, n, last_good, divergence, start)
+    if outcome.divergence is not None:
+        outcome.last_good = _after_divergence(outcome.divergence, step, ckpt)
+    metrics.publish(out_dir / "metrics.csv")
+    metrics.close()
+    _model_file(step, outcome.last_good, start.parent).save(out_dir / "model.pt")
+    summary = _summary(step, ckpt, outcome, start.parent)
+    write_json(out_dir / "summary.json", summary)
+    return summary
 
 
-def _last_good_step(divergence: Divergence | None, n: int, step: TrainStep, ckpt) -> int:
-    """No update is applied from a non-finite loss or gradient, so the weights before the
-    failing step are the last good ones; non-finite weights are replaced by the newest
+def _model_file(step: TrainStep, n: int, parent: dict[str, str] | None) -> ModelFile:
+    return ModelFile.from_flow(step.flow, action_params(step.config), step.config, n, parent)
+
+
+def _after_divergence(divergence: Divergence, step: TrainStep, ckpt: Checkpointer) -> int:
+    """The last good step. No update is applied from a non-finite loss or gradient, so the
+    weights before the failing step are good; non-finite weights are replaced by the newest
     checkpoint's. Checkpoints already on disk are kept untouched."""
-    if divergence is None:
-        return n
-    last_good = ckpt.restore_weights(step.flow) if divergence.weights_damaged else n - 1
+    if divergence.weights_damaged:
+        last_good = ckpt.restore_weights(step.flow)
+    else:
+        last_good = divergence.step - 1
     print(f"training diverged: {divergence.message}; last good step {last_good}", file=sys.stderr)
     return last_good
 
 
-def _finish(step, config, out_dir, ckpt, metrics, status, n, last_good, divergence, start):
-    metrics.publish(out_dir / "metrics.csv")
-    metrics.close()
-    ModelFile(**model_payload(step.flow, config, last_good, start.parent)).save(
-        out_dir / "model.pt"
-    )
-    summary = {
-        "status": status,
-        "step": n if status == "diverged" else last_good,
-        "last_good_step": last_good,
+def _summary(step: TrainStep, ckpt: Checkpointer, outcome: _Outcome, parent) -> dict[str, Any]:
+    divergence = outcome.divergence
+    return {
+        "status": outcome.status,
+        "step": outcome.step if divergence else outcome.last_good,
+        "last_good_step": outcome.last_good,
         "failure": divergence.message if divergence else None,
         "divergence": divergence.kind.value if divergence else None,
-        "steps_requested": config["steps"],
+        "steps_requested": step.config["steps"],
         "n_parameters": sum(p.numel() for p in step.flow.parameters()),
         "device": str(step.device),
         "torch_version": torch.__version__,
         "gaugeflow_version": __version__,
         "threads": torch.get_num_threads(),
-        "config": config,
+        "config": step.config,
         "flow_config": dict(step.flow.config),
         "checkpoint_dir": str(ckpt.dir),
-        "parent": start.parent,
+        "parent": parent,
     }
-    write_json(out_dir / "summary.json", summary)
-    return summary
