@@ -106,6 +106,9 @@ def _chain_macros(group: str, analysis: Mapping | None, nis: Mapping | None) -> 
     n = nis or {}
     out[f"gfFreeEnergy{name}"] = value_error(n.get("free_energy"), n.get("free_energy_error"))
     out[f"gfNisEss{name}"] = format_number(n.get("ess"), 2) if n.get("ess") is not None else NA
+    from . import reliability  # unreliable estimates say so (issue 17)
+
+    out.update(reliability.chain_macros(name, out, a, n))
     return out
 
 
