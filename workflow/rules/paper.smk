@@ -1,6 +1,36 @@
 # Provenance stamp, LaTeX macros with the numbers quoted in the text, and the paper PDF.
 
 
+def macro_settings():
+    """The run settings the paper's text quotes, as `gaugeflow macros --settings` takes them."""
+    t = config["training"]
+    groups = {
+        group: {
+            "L": t[group]["L"],
+            "steps": t[group]["steps"],
+            "batch_size": t[group]["batch_size"],
+            "n_batches": t[group]["n_batches"],
+            "chain_length": config["chains"][GROUP_FIGURES[group][1]]["length"],
+        }
+        for group in GROUP_FIGURES
+    }
+    settings = {
+        "scale": config["scale"],
+        "device": config["device"],
+        "beta": config["physics"]["beta"],
+        "kappa": config["physics"]["kappa"],
+        "n_layers": config["architecture"]["n_layers"],
+        "hidden": config["architecture"]["hidden"],
+        "ess_window": t["ess_window"],
+        "snapshot_every": t["snapshot_every"],
+        "acceptance_samples": t["acceptance_samples"],
+        "bridge_min": config["chains"]["bridge_min"],
+        "measure_steps": config["measure"]["steps"],
+        "groups": groups,
+    }
+    return json.dumps(settings, sort_keys=True)
+
+
 rule provenance:
     input:
         figures=figure_outputs(),
@@ -30,7 +60,6 @@ rule provenance:
 
 rule macros:
     input:
-        config="results/paper/config.json",
         provenance="results/provenance.json",
         training_main="results/figures/fig2.csv",
         training_large="results/figures/fig4.csv",
@@ -44,6 +73,7 @@ rule macros:
     output:
         "results/paper/macros.tex",
     params:
+        settings=macro_settings(),
         nis=nis_flags(),
     log:
         "results/logs/paper/macros.log",
@@ -56,7 +86,7 @@ rule macros:
     conda:
         ENV
     shell:
-        "gaugeflow macros --config {input.config} --provenance {input.provenance}"
+        "gaugeflow macros --settings {params.settings:q} --provenance {input.provenance}"
         " --training-main {input.training_main} --training-large {input.training_large}"
         " --analysis-main {input.analysis_main} --analysis-large {input.analysis_large}"
         " {params.nis} --table1 {input.table1} --table3 {input.table3}"

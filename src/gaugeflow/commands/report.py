@@ -14,41 +14,21 @@ from ..errors import UserError
 TABLES = ("table1", "table2", "table3", "table4", "table5")
 
 
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in {"1", "true", "yes", "on", "amp"}:
-        return True
-    if value in {"0", "false", "no", "off", "fp32", "noamp"}:
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false); got {text!r}")
-
-
-def _same_length(args: argparse.Namespace, names: list[str]) -> int:
-    lengths = {name: len(getattr(args, name) or []) for name in names}
-    if len(set(lengths.values())) != 1:
-        detail = ", ".join(f"--{k.replace('_', '-')}: {v}" for k, v in lengths.items())
-        raise UserError(f"these options need one entry per run: {detail}")
-    return next(iter(lengths.values()))
-
-
 def _figure_training(args: argparse.Namespace) -> int:
     from ..io import write_text
     from ..report.figures import load_training_run, save_figure, training_figure, training_summary
 
-    names = ["metrics", "summaries", "estimators", "amp", "seeds"]
-    n = _same_length(args, names)
+    n = len(args.metrics)
+    if len(args.summaries) != n:
+        raise UserError(
+            f"--metrics and --summaries need one entry per run; got {n} and {len(args.summaries)}"
+        )
     if args.acceptance and len(args.acceptance) != n:
         raise UserError(f"--acceptance needs {n} files (one per run); got {len(args.acceptance)}")
+    acceptance = args.acceptance or [None] * n
     runs = [
-        load_training_run(
-            args.metrics[i],
-            args.summaries[i],
-            args.acceptance[i] if args.acceptance else None,
-            args.estimators[i],
-            args.amp[i],
-            args.seeds[i],
-        )
-        for i in range(n)
+        load_training_run(metrics, summary, acc)
+        for metrics, summary, acc in zip(args.metrics, args.summaries, acceptance, strict=True)
     ]
     save_figure(training_figure(runs, args.window, args.title), args.pdf, args.png)
     if args.data:
@@ -96,13 +76,15 @@ def _read_optional_json(path: str | None) -> dict | None:
 
 
 def _macros(args: argparse.Namespace) -> int:
-    from ..io import read_json, write_text
+    from ..io import write_text
     from ..report.latex import macro_file
     from ..report.macros import build_macros
 
-    config = read_json(args.config, "config JSON")
+    settings = _json_flag(args.settings, "--settings")
+    if not isinstance(settings, dict):
+        raise UserError(f"--settings must be a JSON object; got {args.settings!r}")
     macros = build_macros(
-        config,
+        settings,
         provenance=_read_optional_json(args.provenance),
         training={
             "main": _read_optional_csv(args.training_main),
@@ -190,14 +172,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr = kinds.add_parser(
         "training",
         help="ESS and acceptance vs gradient steps (paper figs. 2 and 4)",
-        description="One curve per run; runs are given as parallel lists (one entry each).",
+        description="One curve per run, the runs given as parallel lists of files (one entry "
+        "each); each run's estimator, amp, seed and L come from its summary.json (`config`).",
     )
     tr.add_argument("--metrics", nargs="+", required=True, help="metrics.csv of each run")
     tr.add_argument("--summaries", nargs="+", required=True, help="summary.json of each run")
     tr.add_argument("--acceptance", nargs="*", help="acceptance CSV (step, acceptance) per run")
-    tr.add_argument("--estimators", nargs="+", required=True, help="estimator of each run")
-    tr.add_argument("--amp", nargs="+", type=_bool, required=True, help="amp of each run")
-    tr.add_argument("--seeds", nargs="+", type=int, required=True, help="seed of each run")
     tr.add_argument("--window", type=int, default=500, help="ESS running-average window")
     tr.add_argument("--title", default="")
     tr.add_argument("--pdf", required=True)
@@ -230,7 +210,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     tab.set_defaults(func=_table)
 
     mac = sub.add_parser("macros", help="LaTeX macros with the numbers quoted in the paper text")
-    mac.add_argument("--config", required=True, help="the workflow's resolved config (JSON)")
+    mac.add_argument(
+        "--settings",
+        default="{}",
+        help="JSON: the run settings the text quotes (scale, device, beta, kappa, n_layers, "
+        "hidden, ess_window, snapshot_every, acceptance_samples, bridge_min, measure_steps, "
+        "groups: {main|large: {L, steps, batch_size, n_batches, chain_length}})",
+    )
     mac.add_argument("--provenance", help="provenance.json")
     mac.add_argument("--training-main", help="data CSV of the main training figure")
     mac.add_argument("--training-large", help="data CSV of the larger-L training figure")
