@@ -371,3 +371,33 @@ def nis_flags():
     if not config["chains"]["nis"]:
         return ""
     return "--nis-main results/runs/chains/fig3/nis.json --nis-large results/runs/chains/fig5/nis.json"
+
+
+def macro_settings():
+    """The run settings the paper's text quotes, as `gaugeflow macros --settings` takes them."""
+    t = config["training"]
+    groups = {
+        group: {
+            "L": t[group]["L"],
+            "steps": t[group]["steps"],
+            "batch_size": t[group]["batch_size"],
+            "n_batches": t[group]["n_batches"],
+            "chain_length": config["chains"][GROUP_FIGURES[group][1]]["length"],
+        }
+        for group in GROUP_FIGURES
+    }
+    settings = {
+        "scale": config["scale"],
+        "device": config["device"],
+        "beta": config["physics"]["beta"],
+        "kappa": config["physics"]["kappa"],
+        "n_layers": config["architecture"]["n_layers"],
+        "hidden": config["architecture"]["hidden"],
+        "ess_window": t["ess_window"],
+        "snapshot_every": t["snapshot_every"],
+        "acceptance_samples": t["acceptance_samples"],
+        "bridge_min": config["chains"]["bridge_min"],
+        "measure_steps": config["measure"]["steps"],
+        "groups": groups,
+    }
+    return json.dumps(settings, sort_keys=True)
