@@ -18,6 +18,7 @@ import pytest
 
 from gaugeflow.cli import main as cli_main
 from gaugeflow.errors import UserError
+from gaugeflow.measure.records import RESULT_KEYS, SCHEMA_VERSION
 from gaugeflow.report import figures, latex, macros, paper_data, provenance, tables
 from gaugeflow.report.records import load_measurement
 
@@ -39,8 +40,9 @@ def write_record(
     status: str = "ok",
     **values,
 ) -> Path:
-    """A measurement record laid out as `gaugeflow measure` writes it."""
+    """A measurement record laid out as `gaugeflow measure` writes it (results not given: None)."""
     record = {
+        "schema_version": SCHEMA_VERSION,
         "kind": kind,
         "status": status,
         "inputs": {
@@ -56,6 +58,7 @@ def write_record(
             "device": "cpu",
         },
         "device": "cpu",
+        **dict.fromkeys(RESULT_KEYS[kind]),
         **values,
     }
     name = f"{kind}-L{L}-{bs}x{nb}-{estimator}-{amp}-{assembly}-{arch[0]}.json"

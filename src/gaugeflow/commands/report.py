@@ -153,14 +153,17 @@ def _record_failure(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..io import write_json
+    from ..measure.records import MeasurementInputs, MeasurementRecord
 
     settings = _json_flag(args.settings, "--settings")
+    if not isinstance(settings, dict) or "kind" not in settings:
+        raise UserError("--settings lacks key 'kind'")
+    inputs = MeasurementInputs.from_json(settings, "--settings", settings["kind"])
     tail = ""
     if args.log and Path(args.log).is_file():
         tail = "\n".join(Path(args.log).read_text(errors="replace").splitlines()[-20:])
-    record = {"status": args.status, "inputs": settings, "error": tail, "log": args.log}
-    record["kind"] = settings.get("kind")
-    write_json(args.out, record)
+    record = MeasurementRecord.failure(settings["kind"], inputs, args.status, tail, log=args.log)
+    write_json(args.out, record.to_json())
     print(f"record-failure: {args.status} -> {args.out}")
     return 0
 
@@ -253,7 +256,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write a measurement record saying the entry failed, so tables can say so",
     )
     fail.add_argument("--settings", required=True, help="JSON: L, batch_size, estimator, ...")
-    fail.add_argument("--status", default="crashed", help="what to call it (default crashed)")
+    fail.add_argument(
+        "--status", choices=["crashed", "oom"], default="crashed", help="default crashed"
+    )
     fail.add_argument("--log", help="log of the failed command (its tail is kept)")
     fail.add_argument("--out", required=True)
     fail.set_defaults(func=_record_failure)
