@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ...choices import ESTIMATOR_LABELS
+from ...measure.fits import fit_quadratic
 from .. import paper_data as paper
 from ..latex import MISSING, Tabular, escape, format_number
 from ..records import Measurement, variant_label
@@ -18,18 +19,12 @@ __all__ = ["table3", "fit_node_counts"]
 
 
 def fit_node_counts(Ls: Sequence[int], nodes: Sequence[float]) -> tuple[float, float] | None:
-    """Least-squares a, b of nodes = a L^2 + b; None with fewer than two distinct L.
-
-    The one place Table 3 fits; `gaugeflow measure dagfit` should use the same fit.
-    """
+    """a, b of nodes = a L^2 + b by the one fit (`gaugeflow.measure.fits.fit_quadratic`, also
+    behind `gaugeflow measure dagfit`); None with fewer than two distinct L."""
     if len(set(Ls)) < 2:
         return None
-    x = np.asarray(Ls, dtype=float) ** 2
-    y = np.asarray(nodes, dtype=float)
-    a, b = np.polyfit(x, y, 1)
-    if abs(a) * x.max() < 1e-9 * max(np.abs(y).max(), 1.0):
-        a = 0.0  # constant counts: rounding noise of the fit, not growth
-    return float(a), float(b)
+    fit = fit_quadratic(Ls, nodes)
+    return fit["a"], fit["b"]
 
 
 def _node_cell(m: Measurement | None) -> object:
