@@ -169,6 +169,12 @@ def _record_failure(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_figures(sub)
+    _register_tables_and_macros(sub)
+    _register_helpers(sub)
+
+
+def _register_figures(sub: argparse._SubParsersAction) -> None:
     fig = sub.add_parser("figure", help="draw a figure of the paper (PDF + PNG)")
     kinds = fig.add_subparsers(dest="kind", metavar="KIND", required=True)
 
@@ -200,6 +206,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     hi.add_argument("--png", required=True)
     hi.set_defaults(func=_figure_history)
 
+
+def _register_tables_and_macros(sub: argparse._SubParsersAction) -> None:
     tab = sub.add_parser(
         "table",
         help="build one of the paper's tables 1-5 (LaTeX + CSV) from measurement records",
@@ -233,6 +241,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     mac.add_argument("--out", required=True)
     mac.set_defaults(func=_macros)
 
+
+def _register_helpers(sub: argparse._SubParsersAction) -> None:
     prov = sub.add_parser("provenance", help="record git describe, config, packages, device")
     prov.add_argument("--config-json", required=True, help="the resolved config as JSON text")
     prov.add_argument("--source-dir", default=".", help="where to run git describe")
