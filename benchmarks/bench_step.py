@@ -41,14 +41,10 @@ from typing import Any
 import torch
 
 from gaugeflow.io import write_json
-from gaugeflow.measure import (
-    FloorReplay,
-    MeasureSetup,
-    build_setup,
-    floor_action,
-    gradient_step,
-    measure_timing,
-)
+from gaugeflow.measure import MeasureSetup, build_setup, gradient_step, measure_timing
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from floor import FloorReplay, floor_action  # noqa: E402  (benchmarks/floor.py, beside this)
 
 __all__ = ["CONFIGS", "bench_L", "cpu_model", "main"]
 
@@ -132,7 +128,7 @@ def bench_L(L: int, names: list[str], args: argparse.Namespace) -> list[dict[str
 
     Rounds: in each, every configuration runs one timed gradient step and then, with
     ``--floor`` on, its conditioner nets and its action alone on the inputs recorded from one
-    loss call (gaugeflow.measure.FloorReplay). Interleaving keeps the ratios (speed-ups,
+    loss call (benchmarks/floor.py: FloorReplay). Interleaving keeps the ratios (speed-ups,
     fractions of a step) meaningful when the machine's load changes during the run; each
     fraction is the median over rounds of the per-round ratio.
     """

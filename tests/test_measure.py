@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from gaugeflow import measure as M
 from gaugeflow.cli import main as cli_main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from floor import measure_floor  # noqa: E402  (benchmarks/floor.py: benchmark-only replay)
 
 SMALL = {
     "batch_size": 2,
@@ -245,11 +250,11 @@ def test_out_of_memory_is_recorded_not_raised(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(M, "measure_memory", boom)
+    monkeypatch.setattr(M.MEASUREMENTS["memory"], "run", boom)
     rec = _cli("memory", 4, tmp_path / "oom.json")
     assert rec["status"] == "oom" and "out of memory" in rec["error"]
     assert rec["saved_bytes"] is None and rec["peak_kind"] == "cpu_rss_growth"
-    monkeypatch.setattr(M, "measure_memory", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(M.MEASUREMENTS["memory"], "run", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         M.run_measurement("memory", _cfg(4, "rt", "loop"))
 
@@ -276,9 +281,121 @@ def test_floor_replay_records_each_conditioner_and_action_call(estimator, passes
     """REINFORCE runs the nets twice (no-grad forward, reverse with grad) and never
     differentiates the action; r.t. runs them once and differentiates the action."""
     setup = M.build_setup(_cfg(4, estimator, "loop"))
-    floor = M.measure_floor(setup, repeats=1, warmup=0)
+    floor = measure_floor(setup, repeats=1, warmup=0)
     assert floor["conditioner_calls"] == passes * 8
     assert floor["action_calls"] == 1 and floor["action_differentiated"] is differentiated
     assert floor["conditioner_seconds"] > 0 and floor["action_seconds"] > 0
     assert floor["determinant_assembly"] == "scatter" and floor["determinant_seconds"] > 0
     assert all(p.grad is None for p in setup.flow.parameters())  # replays leave no gradients
+
+
+# ------------------------------------------------------------------------------------------
+# the dispatch table, the record format, the fit (issue 13)
+
+
+def test_dispatch_table_covers_every_kind_with_its_result_keys():
+    import inspect
+
+    assert tuple(M.MEASUREMENTS) == M.KINDS == tuple(M.RESULT_KEYS)
+    for kind, spec in M.MEASUREMENTS.items():
+        assert spec.result_keys == M.RESULT_KEYS[kind]
+        assert set(spec.params) <= {"steps", "warmup", "repeats"} and "warmup" in spec.params
+        inspect.signature(spec.run).bind(object(), **dict.fromkeys(spec.params, 1))
+    from gaugeflow.errors import UserError
+
+    with pytest.raises(UserError, match="unknown measurement 'flops'"):
+        M.run_measurement("flops", _cfg(4, "rt", "loop"))
+
+
+def test_measurement_record_round_trips_through_json():
+    rec = M.run_record("dag", _cfg(4, "rt", "scatter"))
+    assert rec.ok and rec.schema_version == M.SCHEMA_VERSION and rec.results["nodes"] > 0
+    text = json.dumps(rec.to_json())
+    back = M.MeasurementRecord.from_json(json.loads(text), "x.json")
+    assert back == rec and back.to_json() == rec.to_json()
+    inputs = back.inputs
+    assert (inputs.L, inputs.batch_size, inputs.n_layers, inputs.hidden) == (4, 2, 8, 8)
+    assert inputs.steps is None and inputs.repeats is None and inputs.warmup == 0
+    failed = M.MeasurementRecord.failure("memory", inputs, "crashed", "boom", log="m.log")
+    again = M.MeasurementRecord.from_json(json.loads(json.dumps(failed.to_json())))
+    assert again == failed and again.results == dict.fromkeys(M.RESULT_KEYS["memory"])
+
+
+def _smk_settings(kind: str, **wildcards) -> dict:
+    """The --settings workflow/rules/common.smk (measure_settings) passes to record-failure."""
+    return {"kind": kind, "L": 4, "batch_size": 2, "n_batches": 1, "estimator": "rt",
+            "amp": False, "assembly": "loop", "n_layers": 8, "hidden": 8, "device": "cpu",
+            **wildcards}  # fmt: skip
+
+
+def test_records_of_measure_and_of_record_failure_are_read_by_the_report(tmp_path):
+    from gaugeflow.report.records import load_measurement
+
+    measured = tmp_path / "d.json"
+    _cli("dag", 4, measured)
+    log = tmp_path / "m.log"
+    log.write_text("Traceback...\nRuntimeError: boom\n")
+    crashed = tmp_path / "c.json"
+    argv = ["record-failure", "--settings", json.dumps(_smk_settings("dag")), "--log", str(log)]
+    assert cli_main([*argv, "--out", str(crashed)]) == 0
+    ok, bad = load_measurement(measured), load_measurement(crashed)
+    same = ("L", "batch_size", "n_batches", "estimator", "amp", "assembly", "n_layers", "hidden")
+    assert [getattr(ok, k) for k in same] == [getattr(bad, k) for k in same]
+    assert ok.ok and ok.value("nodes") == json.loads(measured.read_text())["nodes"]
+    assert bad.status == "crashed" and bad.value("nodes") is None and "boom" in bad.data["error"]
+    assert bad.record.inputs.dtype is None  # not known to record-failure: not guessed
+    assert ok.device == "cpu" and bad.device == "cpu"
+
+
+def test_a_record_lacking_a_key_or_of_another_version_names_file_and_key(tmp_path, capsys):
+    from gaugeflow.errors import UserError
+    from gaugeflow.report.records import load_measurement
+
+    good = _cli("dag", 4, tmp_path / "d.json")
+    cases = {
+        "nodes": lambda r: r.pop("nodes"),
+        "inputs.L": lambda r: r["inputs"].pop("L"),
+        "schema_version": lambda r: r.pop("schema_version"),
+    }
+    for key, damage in cases.items():
+        record = json.loads(json.dumps(good))
+        damage(record)
+        path = tmp_path / f"bad-{key}.json"
+        path.write_text(json.dumps(record))
+        with pytest.raises(UserError, match="lacks key") as err:
+            load_measurement(path)
+        assert str(path) in str(err.value) and f"'{key}'" in str(err.value)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({**good, "schema_version": M.SCHEMA_VERSION + 1}))
+    with pytest.raises(UserError, match="schema_version") as err:
+        load_measurement(old)
+    assert str(old) in str(err.value)
+    guessed = tmp_path / "alias.json"
+    guessed.write_text(json.dumps({**good, "inputs": {**good["inputs"], "lattice_size": 4}}))
+    with pytest.raises(UserError, match="lattice_size"):
+        load_measurement(guessed)
+    settings = _smk_settings("dag")
+    del settings["hidden"]
+    argv = ["record-failure", "--settings", json.dumps(settings), "--out", str(tmp_path / "f")]
+    assert cli_main(argv) != 0
+    assert "--settings lacks key 'inputs.hidden'" in capsys.readouterr().err
+
+
+def test_fit_gives_the_closed_form_least_squares_numbers_it_gave_before_the_split():
+    L, y = [4, 8, 12], [100, 200, 350]
+    x = [v * v for v in L]
+    xm, ym = sum(x) / 3, sum(y) / 3
+    a = sum((xi - xm) * (yi - ym) for xi, yi in zip(x, y, strict=True)) / sum(
+        (xi - xm) ** 2 for xi in x
+    )
+    fit = M.fit_quadratic(L, y)
+    assert fit["a"] == pytest.approx(a, rel=1e-12) and fit["b"] == pytest.approx(ym - a * xm)
+    # the numbers gaugeflow.measure.fit_quadratic gave before the package split (lstsq)
+    assert fit["a"] == pytest.approx(1.9451530612244916, rel=1e-12)
+    assert fit["b"] == pytest.approx(71.42857142857142, rel=1e-12)
+    assert fit["max_residual"] == pytest.approx(4.081632653061121, rel=1e-9)
+    assert not fit["integer_coefficients"] and fit["formula"] == "1.94515 L^2 + 71.4286"
+    # integer coefficients are rounded to ints (the measured r.t.-loop graph: 20 L^2 + 1060)
+    exact = M.fit_quadratic([4, 8], [1380, 2340])
+    assert (exact["a"], exact["b"]) == (20, 1060) and type(exact["a"]) is int
+    assert exact["exact"] and exact["formula"] == "20 L^2 + 1060"

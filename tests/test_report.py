@@ -18,6 +18,7 @@ import pytest
 
 from gaugeflow.cli import main as cli_main
 from gaugeflow.errors import UserError
+from gaugeflow.measure.records import RESULT_KEYS, SCHEMA_VERSION
 from gaugeflow.report import figures, latex, macros, paper_data, provenance, tables
 from gaugeflow.report.records import load_measurement
 
@@ -39,8 +40,9 @@ def write_record(
     status: str = "ok",
     **values,
 ) -> Path:
-    """A measurement record laid out as `gaugeflow measure` writes it."""
+    """A measurement record laid out as `gaugeflow measure` writes it (results not given: None)."""
     record = {
+        "schema_version": SCHEMA_VERSION,
         "kind": kind,
         "status": status,
         "inputs": {
@@ -56,6 +58,7 @@ def write_record(
             "device": "cpu",
         },
         "device": "cpu",
+        **dict.fromkeys(RESULT_KEYS[kind]),
         **values,
     }
     name = f"{kind}-L{L}-{bs}x{nb}-{estimator}-{amp}-{assembly}-{arch[0]}.json"
@@ -84,7 +87,7 @@ def load(paths):
     ],
 )
 def test_format_number_keeps_about_three_significant_digits(value, text):
-    assert tables.format_number(value) == text
+    assert latex.format_number(value) == text
 
 
 def test_escape_protects_latex_specials_and_maps_unicode():
@@ -214,9 +217,9 @@ def test_table2_total_is_loss_plus_backward_and_skips_amp(tmp_path):
 
 def test_fit_quadratic_recovers_the_papers_rt_law():
     Ls = [4, 8, 12, 16]
-    a, b = tables.fit_quadratic(Ls, [36 * L * L + 12036 for L in Ls])
+    a, b = tables.fit_node_counts(Ls, [36 * L * L + 12036 for L in Ls])
     assert a == pytest.approx(36.0) and b == pytest.approx(12036.0)
-    assert tables.fit_quadratic([8], [1.0]) is None
+    assert tables.fit_node_counts([8], [1.0]) is None
 
 
 def test_table3_fits_each_variant_and_adds_paper_rows_for_the_papers_flow(tmp_path):
@@ -306,13 +309,24 @@ def test_running_average_is_a_trailing_mean_that_skips_non_finite_values():
         figures.running_average([1.0], window=0)
 
 
-def write_training_run(folder: Path, estimator: str, status: str = "completed", steps: int = 40):
+def write_training_run(
+    folder: Path,
+    estimator: str,
+    status: str = "completed",
+    steps: int = 40,
+    amp: bool = False,
+    seed: int = 1,
+    L: int = 4,
+):
+    """A training run's files as `gaugeflow train` writes them (summary.json has `config`)."""
     folder.mkdir(parents=True)
     step = np.arange(1, steps + 1)
     pd.DataFrame(
         {"step": step, "loss": 1.0 / step, "ess": step / steps, "wall_time": 0.1 * step}
     ).to_csv(folder / "metrics.csv", index=False)
-    (folder / "summary.json").write_text(json.dumps({"status": status, "step": steps}))
+    config = {"estimator": estimator, "amp": amp, "seed": seed, "L": L, "steps": steps}
+    summary = {"status": status, "step": steps, "config": config}
+    (folder / "summary.json").write_text(json.dumps(summary))
     pd.DataFrame({"step": [20, 10, 40], "acceptance": [0.2, 0.1, 0.4]}).to_csv(
         folder / "acceptance.csv", index=False
     )
@@ -328,14 +342,13 @@ def is_png(path: Path) -> bool:
 
 
 def test_training_figure_cli_writes_pdf_png_and_the_numbers_behind_them(tmp_path):
-    a = write_training_run(tmp_path / "a", "rt", status="diverged", steps=20)
+    a = write_training_run(tmp_path / "a", "rt", status="diverged", steps=20, amp=True)
     b = write_training_run(tmp_path / "b", "reinforce")
     out = tmp_path / "fig"
     argv = ["figure", "training", "--window", "10", "--title", "L = 4; test"]
     argv += ["--metrics", str(a / "metrics.csv"), str(b / "metrics.csv")]
     argv += ["--summaries", str(a / "summary.json"), str(b / "summary.json")]
     argv += ["--acceptance", str(a / "acceptance.csv"), str(b / "acceptance.csv")]
-    argv += ["--estimators", "rt", "reinforce", "--amp", "true", "false", "--seeds", "1", "1"]
     argv += ["--pdf", f"{out}.pdf", "--png", f"{out}.png", "--data", f"{out}.csv"]
     assert cli_main(argv) == 0
     assert is_pdf(Path(f"{out}.pdf")) and is_png(Path(f"{out}.png"))
@@ -349,8 +362,8 @@ def test_training_figure_cli_writes_pdf_png_and_the_numbers_behind_them(tmp_path
 def test_training_figure_cli_needs_one_entry_per_run(tmp_path, capsys):
     a = write_training_run(tmp_path / "a", "rt")
     argv = ["figure", "training", "--metrics", str(a / "metrics.csv")]
-    argv += ["--summaries", str(a / "summary.json"), "--estimators", "rt", "reinforce"]
-    argv += ["--amp", "false", "--seeds", "1", "--pdf", "x.pdf", "--png", "x.png"]
+    argv += [str(a / "metrics.csv"), "--summaries", str(a / "summary.json")]
+    argv += ["--pdf", "x.pdf", "--png", "x.png"]
     assert cli_main(argv) == 2
     assert "one entry per run" in capsys.readouterr().err
 
@@ -536,3 +549,76 @@ def test_generated_tables_and_macros_compile_with_pdflatex(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-2000:]
     assert is_pdf(tmp_path / "doc.pdf")
+
+
+# ---------------------------------------------------------------------------------------
+# the one renderer, and report verbs reading the runs' own metadata
+
+
+def test_renderer_writes_latex_and_csv_from_the_same_frame(tmp_path):
+    recs = load(
+        [
+            timing(tmp_path, 8, "rt", 2.0),
+            timing(tmp_path, 8, "reinforce", 0.5),
+            timing(tmp_path, 16, "rt", 8.0, status="crashed"),
+            timing(tmp_path, 16, "reinforce", 1.0),
+        ]
+    )
+    table = tables.table1(recs, scale="rendered")
+    tex, csv = tmp_path / "t.tex", tmp_path / "t.csv"
+    tables.write_table(table, tex, csv)
+
+    def missing_as_none(frame):  # CSV writes None, NaN and "" alike: an empty field
+        frame = frame.astype(object)
+        return frame.where(frame.notna() & (frame != ""), None)
+
+    back = missing_as_none(pd.read_csv(csv))
+    pd.testing.assert_frame_equal(back, missing_as_none(table.frame))
+    assert tex.read_text() == tables.render_latex(table) == table.latex
+    # the LaTeX is laid out from the frame: a changed number shows in the tabular
+    table.frame.loc[0, "reinforce_loop_seconds"] = 12.5
+    assert "12.5 (4.00)" in tables.render_latex(table)
+    lines = [line for line in tex.read_text().splitlines() if line.endswith(r"\\")]
+    assert lines[1:] == [r"8 & 4 & 1 & 200 & 50.0 (4.00) \\", r"16 & 4 & 1 & crashed & 100 \\"]
+    assert "rendered" in tex.read_text()
+
+
+def test_training_figure_reads_estimator_amp_seed_and_L_from_each_summary(tmp_path):
+    a = write_training_run(tmp_path / "a", "path", amp=True, seed=7, L=8)
+    run = figures.load_training_run(a / "metrics.csv", a / "summary.json", a / "acceptance.csv")
+    assert (run.estimator, run.amp, run.seed, run.L) == ("path", True, 7, 8)
+    assert run.label == "PG amp"
+    out = tmp_path / "fig"
+    argv = ["figure", "training", "--metrics", str(a / "metrics.csv")]
+    argv += ["--summaries", str(a / "summary.json"), "--window", "5"]
+    argv += ["--pdf", f"{out}.pdf", "--png", f"{out}.png", "--data", f"{out}.csv"]
+    assert cli_main(argv) == 0
+    data = pd.read_csv(f"{out}.csv")
+    assert data[["estimator", "amp", "seed"]].values.tolist() == [["path", True, 7]]
+
+
+@pytest.mark.parametrize("key", ["estimator", "amp", "seed", "L"])
+def test_a_summary_without_a_setting_is_a_user_error_naming_the_file_and_key(tmp_path, key):
+    a = write_training_run(tmp_path / "a", "rt")
+    summary = json.loads((a / "summary.json").read_text())
+    del summary["config"][key]
+    (a / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(UserError, match=rf"summary\.json lacks key\(s\) config\.{key}"):
+        figures.load_training_run(a / "metrics.csv", a / "summary.json")
+    del summary["config"]
+    (a / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(UserError, match=r"a[/\\]summary\.json lacks key 'config'"):
+        figures.load_training_run(a / "metrics.csv", a / "summary.json")
+
+
+def test_macros_cli_takes_the_settings_explicitly_and_names_an_unknown_key(tmp_path, capsys):
+    settings = {"scale": "s", "beta": 2.0, "groups": {"main": {"L": 16, "batch_size": 4}}}
+    out = tmp_path / "macros.tex"
+    assert cli_main(["macros", "--settings", json.dumps(settings), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "\\newcommand{\\gfBeta}{2.0}" in text and "\\newcommand{\\gfLMain}{16}" in text
+    assert "\\newcommand{\\gfBatchMain}{1$\\times$4}" in text
+    assert "\\newcommand{\\gfLLarge}{\\textrm{n/a}}" in text
+    bad = {"groups": {"main": {"length": 3}}}
+    assert cli_main(["macros", "--settings", json.dumps(bad), "--out", str(out)]) == 2
+    assert "groups.main.length" in capsys.readouterr().err

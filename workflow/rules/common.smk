@@ -8,6 +8,11 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
+# the named choices (estimators, assemblies, labels) of this source tree, not of whichever
+# gaugeflow the interpreter has installed
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from gaugeflow.choices import ASSEMBLIES, ESTIMATOR_LABELS, ESTIMATORS  # noqa: E402
+
 
 def _locate_cli():
     """Make the `gaugeflow` command reachable from every job's shell.
@@ -47,7 +52,10 @@ CHAIN_GROUP = {"fig3": "main", "fig5": "large"}
 PAPER_DIR = os.path.join(workflow.basedir, "paper")
 ENV = "../../environment.yml"  # the project's conda environment, relative to the rule files
 # the report library: an edit reruns the figures, tables and macros (cheap), nothing else
-REPORT_CODE = sorted(glob.glob(os.path.join(workflow.basedir, "src/gaugeflow/report/*.py")))
+REPORT_CODE = sorted(
+    glob.glob(os.path.join(workflow.basedir, "src/gaugeflow/report/**/*.py"), recursive=True)
+    + [os.path.join(workflow.basedir, "src/gaugeflow/choices.py")]
+)
 
 TRAIN_DIR = "results/runs/train/{group}/L{L}-{estimator}-{prec}-s{seed}"
 # resumable state of training lives outside the declared outputs, so that Snakemake's
@@ -60,7 +68,7 @@ MEASURE_LOG = "results/logs/measure/{kind}/L{L}-b{bs}x{nb}-{estimator}-{prec}-{a
 wildcard_constraints:
     group="main|large",
     L=r"\d+",
-    estimator="rt|reinforce|path",
+    estimator="|".join(ESTIMATORS),
     prec="fp32|amp",
     seed=r"\d+",
     step=r"\d+",
@@ -68,7 +76,7 @@ wildcard_constraints:
     kind="timing|dag|ops|memory",
     bs=r"\d+",
     nb=r"\d+",
-    assembly="loop|scatter",
+    assembly="|".join(ASSEMBLIES),
     layers=r"\d+",
     hidden=r"\d+",
 
@@ -187,15 +195,6 @@ def acceptance_step_numbers(wildcards):
     return [int(step) for step in snapshot_steps(wildcards)]
 
 
-def training_figure_params(group):
-    runs = train_runs(group)
-    return {
-        "estimators": " ".join(r[1] for r in runs),
-        "amp": " ".join("true" if r[2] else "false" for r in runs),
-        "seeds": " ".join(str(r[3]) for r in runs),
-    }
-
-
 # ---------------------------------------------------------------------------------------
 # chains (Figs. 3 and 5)
 
@@ -219,7 +218,7 @@ def chain_seed(wildcards):
 def chain_title(fig):
     chain = config["chains"][fig]
     group = CHAIN_GROUP[fig]
-    est = {"rt": "r.t.", "reinforce": "RE", "path": "PG"}[chain["estimator"]]
+    est = ESTIMATOR_LABELS[chain["estimator"]]
     amp = " amp" if chain["amp"] else ""
     return f"L = {config['training'][group]['L']}, {est}{amp}, {config['scale']}"
 
@@ -372,3 +371,33 @@ def nis_flags():
     if not config["chains"]["nis"]:
         return ""
     return "--nis-main results/runs/chains/fig3/nis.json --nis-large results/runs/chains/fig5/nis.json"
+
+
+def macro_settings():
+    """The run settings the paper's text quotes, as `gaugeflow macros --settings` takes them."""
+    t = config["training"]
+    groups = {
+        group: {
+            "L": t[group]["L"],
+            "steps": t[group]["steps"],
+            "batch_size": t[group]["batch_size"],
+            "n_batches": t[group]["n_batches"],
+            "chain_length": config["chains"][GROUP_FIGURES[group][1]]["length"],
+        }
+        for group in GROUP_FIGURES
+    }
+    settings = {
+        "scale": config["scale"],
+        "device": config["device"],
+        "beta": config["physics"]["beta"],
+        "kappa": config["physics"]["kappa"],
+        "n_layers": config["architecture"]["n_layers"],
+        "hidden": config["architecture"]["hidden"],
+        "ess_window": t["ess_window"],
+        "snapshot_every": t["snapshot_every"],
+        "acceptance_samples": t["acceptance_samples"],
+        "bridge_min": config["chains"]["bridge_min"],
+        "measure_steps": config["measure"]["steps"],
+        "groups": groups,
+    }
+    return json.dumps(settings, sort_keys=True)

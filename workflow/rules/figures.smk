@@ -14,7 +14,6 @@ rule fig2:
         ),
         data="results/figures/fig2.csv",
     params:
-        runs=training_figure_params("main"),
         window=config["training"]["ess_window"],
         title=f"L = {config['training']['main']['L']}; {config['scale']}",
     log:
@@ -29,8 +28,7 @@ rule fig2:
         ENV
     shell:
         "gaugeflow figure training --metrics {input.metrics} --summaries {input.summaries}"
-        " --acceptance {input.acceptance} --estimators {params.runs[estimators]}"
-        " --amp {params.runs[amp]} --seeds {params.runs[seeds]} --window {params.window}"
+        " --acceptance {input.acceptance} --window {params.window}"
         " --title {params.title:q} --pdf {output.pdf} --png {output.png} --data {output.data}"
         " > {log} 2>&1"
 
@@ -48,7 +46,6 @@ use rule fig2 as fig4 with:
         ),
         data="results/figures/fig4.csv",
     params:
-        runs=training_figure_params("large"),
         window=config["training"]["ess_window"],
         title=f"L = {config['training']['large']['L']}; {config['scale']}",
     log:

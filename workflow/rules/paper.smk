@@ -30,7 +30,6 @@ rule provenance:
 
 rule macros:
     input:
-        config="results/paper/config.json",
         provenance="results/provenance.json",
         training_main="results/figures/fig2.csv",
         training_large="results/figures/fig4.csv",
@@ -44,6 +43,7 @@ rule macros:
     output:
         "results/paper/macros.tex",
     params:
+        settings=macro_settings(),
         nis=nis_flags(),
     log:
         "results/logs/paper/macros.log",
@@ -56,7 +56,7 @@ rule macros:
     conda:
         ENV
     shell:
-        "gaugeflow macros --config {input.config} --provenance {input.provenance}"
+        "gaugeflow macros --settings {params.settings:q} --provenance {input.provenance}"
         " --training-main {input.training_main} --training-large {input.training_large}"
         " --analysis-main {input.analysis_main} --analysis-large {input.analysis_large}"
         " {params.nis} --table1 {input.table1} --table3 {input.table3}"

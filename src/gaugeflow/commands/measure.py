@@ -2,8 +2,9 @@
 
 ``gaugeflow measure KIND --L L --batch-size B [--n-batches K] --estimator rt|reinforce|path
 [--assembly loop|scatter] [--amp] [--steps N] [--n-layers N] [--hidden C] [--device D]
---out x.json`` writes one JSON (see gaugeflow.measure for what each kind records) and prints a
-one-line summary. A configuration that runs out of memory is written with status "oom".
+--out x.json`` writes one measurement record (gaugeflow.measure.MeasurementRecord; each kind's
+module in gaugeflow.measure says what it records) and prints a one-line summary. A
+configuration that runs out of memory is written with status "oom".
 
 ``gaugeflow measure dagfit A.json B.json ... --out fit.json`` fits nodes = a L^2 + b to dag
 results at several L (grouped by estimator, assembly, action method, amp, dtype and
@@ -16,9 +17,9 @@ import argparse
 
 import torch
 
+from ..choices import ACTION_METHODS, ASSEMBLIES, DTYPES, ESTIMATORS
 from ..errors import UserError
-from ..estimators import ESTIMATORS
-from ..io import read_json, write_json
+from ..io import write_json
 from ..runtime import configure_threads
 
 __all__ = ["register", "overrides_from_args"]
@@ -51,7 +52,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..measure import run_measurement, summary_line
+    from ..measure import run_record, summary_line
 
     if args.threads is not None:
         if args.threads < 1:
@@ -59,23 +60,22 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     else:
         configure_threads()
-    record = run_measurement(
+    record = run_record(
         args.kind,
         overrides_from_args(args),
         steps=args.steps,
         warmup=args.warmup,
         repeats=args.repeats,
     )
-    write_json(args.out, record)
+    write_json(args.out, record.to_json())
     print(f"{summary_line(record)} -> {args.out}")
     return 0
 
 
 def _run_dagfit(args: argparse.Namespace) -> int:
-    from ..measure import fit_dag_results
+    from ..measure import fit_dag_results, load_record
 
-    results = [read_json(path, "dag result") for path in args.inputs]
-    fits = fit_dag_results(results)
+    fits = fit_dag_results(load_record(path) for path in args.inputs)
     write_json(args.out, {"kind": "dagfit", "inputs": list(args.inputs), "groups": fits})
     for group in fits:
         label = f"{group['estimator']} {group['assembly']}"
@@ -99,13 +99,13 @@ def _common_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimator", choices=list(ESTIMATORS), required=True)
     p.add_argument(
         "--assembly",
-        choices=["loop", "scatter"],
+        choices=list(ASSEMBLIES),
         default="scatter",
         help="Dirac-matrix assembly: loop (the paper's) or scatter (default)",
     )
     p.add_argument(
         "--action-method",
-        choices=["eo", "full"],
+        choices=list(ACTION_METHODS),
         default="eo",
         help="determinant of the even-odd Schur complement (default) or of D",
     )
@@ -133,7 +133,7 @@ def _common_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=2.0)
     p.add_argument("--kappa", type=float, default=0.276, help="0 means pure gauge")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument(
         "--threads", type=int, help="torch threads (default: OMP_NUM_THREADS or torch's)"

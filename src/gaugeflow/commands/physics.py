@@ -6,6 +6,7 @@ import argparse
 
 import numpy as np
 
+from ..choices import ACTION_METHODS, ASSEMBLIES
 from ..errors import UserError
 from ..io import load_npz, write_json
 from ..runtime import configure_threads, resolve_device, resolve_dtype
@@ -24,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--beta", type=float, required=True, help="gauge coupling beta >= 0")
     p.add_argument("--kappa", type=float, required=True, help="hopping parameter kappa >= 0")
     p.add_argument("--dtype", default="float64", help="float32 | float64 (default float64)")
-    p.add_argument("--assembly", choices=("scatter", "loop"), default="scatter")
+    p.add_argument("--assembly", choices=ASSEMBLIES, default="scatter")
     p.add_argument(
-        "--method", choices=("eo", "full"), default="eo", help="determinant (default eo)"
+        "--method", choices=ACTION_METHODS, default="eo", help="determinant (default eo)"
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     p.add_argument(

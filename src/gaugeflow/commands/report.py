@@ -14,41 +14,21 @@ from ..errors import UserError
 TABLES = ("table1", "table2", "table3", "table4", "table5")
 
 
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in {"1", "true", "yes", "on", "amp"}:
-        return True
-    if value in {"0", "false", "no", "off", "fp32", "noamp"}:
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false); got {text!r}")
-
-
-def _same_length(args: argparse.Namespace, names: list[str]) -> int:
-    lengths = {name: len(getattr(args, name) or []) for name in names}
-    if len(set(lengths.values())) != 1:
-        detail = ", ".join(f"--{k.replace('_', '-')}: {v}" for k, v in lengths.items())
-        raise UserError(f"these options need one entry per run: {detail}")
-    return next(iter(lengths.values()))
-
-
 def _figure_training(args: argparse.Namespace) -> int:
     from ..io import write_text
     from ..report.figures import load_training_run, save_figure, training_figure, training_summary
 
-    names = ["metrics", "summaries", "estimators", "amp", "seeds"]
-    n = _same_length(args, names)
+    n = len(args.metrics)
+    if len(args.summaries) != n:
+        raise UserError(
+            f"--metrics and --summaries need one entry per run; got {n} and {len(args.summaries)}"
+        )
     if args.acceptance and len(args.acceptance) != n:
         raise UserError(f"--acceptance needs {n} files (one per run); got {len(args.acceptance)}")
+    acceptance = args.acceptance or [None] * n
     runs = [
-        load_training_run(
-            args.metrics[i],
-            args.summaries[i],
-            args.acceptance[i] if args.acceptance else None,
-            args.estimators[i],
-            args.amp[i],
-            args.seeds[i],
-        )
-        for i in range(n)
+        load_training_run(metrics, summary, acc)
+        for metrics, summary, acc in zip(args.metrics, args.summaries, acceptance, strict=True)
     ]
     save_figure(training_figure(runs, args.window, args.title), args.pdf, args.png)
     if args.data:
@@ -96,13 +76,15 @@ def _read_optional_json(path: str | None) -> dict | None:
 
 
 def _macros(args: argparse.Namespace) -> int:
-    from ..io import read_json, write_text
+    from ..io import write_text
     from ..report.latex import macro_file
     from ..report.macros import build_macros
 
-    config = read_json(args.config, "config JSON")
+    settings = _json_flag(args.settings, "--settings")
+    if not isinstance(settings, dict):
+        raise UserError(f"--settings must be a JSON object; got {args.settings!r}")
     macros = build_macros(
-        config,
+        settings,
         provenance=_read_optional_json(args.provenance),
         training={
             "main": _read_optional_csv(args.training_main),
@@ -171,33 +153,40 @@ def _record_failure(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..io import write_json
+    from ..measure.records import MeasurementInputs, MeasurementRecord
 
     settings = _json_flag(args.settings, "--settings")
+    if not isinstance(settings, dict) or "kind" not in settings:
+        raise UserError("--settings lacks key 'kind'")
+    inputs = MeasurementInputs.from_json(settings, "--settings", settings["kind"])
     tail = ""
     if args.log and Path(args.log).is_file():
         tail = "\n".join(Path(args.log).read_text(errors="replace").splitlines()[-20:])
-    record = {"status": args.status, "inputs": settings, "error": tail, "log": args.log}
-    record["kind"] = settings.get("kind")
-    write_json(args.out, record)
+    record = MeasurementRecord.failure(settings["kind"], inputs, args.status, tail, log=args.log)
+    write_json(args.out, record.to_json())
     print(f"record-failure: {args.status} -> {args.out}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_figures(sub)
+    _register_tables_and_macros(sub)
+    _register_helpers(sub)
+
+
+def _register_figures(sub: argparse._SubParsersAction) -> None:
     fig = sub.add_parser("figure", help="draw a figure of the paper (PDF + PNG)")
     kinds = fig.add_subparsers(dest="kind", metavar="KIND", required=True)
 
     tr = kinds.add_parser(
         "training",
         help="ESS and acceptance vs gradient steps (paper figs. 2 and 4)",
-        description="One curve per run; runs are given as parallel lists (one entry each).",
+        description="One curve per run, the runs given as parallel lists of files (one entry "
+        "each); each run's estimator, amp, seed and L come from its summary.json (`config`).",
     )
     tr.add_argument("--metrics", nargs="+", required=True, help="metrics.csv of each run")
     tr.add_argument("--summaries", nargs="+", required=True, help="summary.json of each run")
     tr.add_argument("--acceptance", nargs="*", help="acceptance CSV (step, acceptance) per run")
-    tr.add_argument("--estimators", nargs="+", required=True, help="estimator of each run")
-    tr.add_argument("--amp", nargs="+", type=_bool, required=True, help="amp of each run")
-    tr.add_argument("--seeds", nargs="+", type=int, required=True, help="seed of each run")
     tr.add_argument("--window", type=int, default=500, help="ESS running-average window")
     tr.add_argument("--title", default="")
     tr.add_argument("--pdf", required=True)
@@ -217,6 +206,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     hi.add_argument("--png", required=True)
     hi.set_defaults(func=_figure_history)
 
+
+def _register_tables_and_macros(sub: argparse._SubParsersAction) -> None:
     tab = sub.add_parser(
         "table",
         help="build one of the paper's tables 1-5 (LaTeX + CSV) from measurement records",
@@ -230,7 +221,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     tab.set_defaults(func=_table)
 
     mac = sub.add_parser("macros", help="LaTeX macros with the numbers quoted in the paper text")
-    mac.add_argument("--config", required=True, help="the workflow's resolved config (JSON)")
+    mac.add_argument(
+        "--settings",
+        default="{}",
+        help="JSON: the run settings the text quotes (scale, device, beta, kappa, n_layers, "
+        "hidden, ess_window, snapshot_every, acceptance_samples, bridge_min, measure_steps, "
+        "groups: {main|large: {L, steps, batch_size, n_batches, chain_length}})",
+    )
     mac.add_argument("--provenance", help="provenance.json")
     mac.add_argument("--training-main", help="data CSV of the main training figure")
     mac.add_argument("--training-large", help="data CSV of the larger-L training figure")
@@ -244,6 +241,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     mac.add_argument("--out", required=True)
     mac.set_defaults(func=_macros)
 
+
+def _register_helpers(sub: argparse._SubParsersAction) -> None:
     prov = sub.add_parser("provenance", help="record git describe, config, packages, device")
     prov.add_argument("--config-json", required=True, help="the resolved config as JSON text")
     prov.add_argument("--source-dir", default=".", help="where to run git describe")
@@ -267,7 +266,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write a measurement record saying the entry failed, so tables can say so",
     )
     fail.add_argument("--settings", required=True, help="JSON: L, batch_size, estimator, ...")
-    fail.add_argument("--status", default="crashed", help="what to call it (default crashed)")
+    fail.add_argument(
+        "--status", choices=["crashed", "oom"], default="crashed", help="default crashed"
+    )
     fail.add_argument("--log", help="log of the failed command (its tail is kept)")
     fail.add_argument("--out", required=True)
     fail.set_defaults(func=_record_failure)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..choices import ESTIMATORS
 from ..errors import UserError
 from ..io import atomic_path, load_npz, read_json, require_file
 from . import reliability
@@ -21,6 +22,8 @@ from .records import variant_label
 
 __all__ = [
     "TrainingRun",
+    "RUN_KEYS",
+    "run_setting",
     "load_training_run",
     "running_average",
     "training_figure",
@@ -30,13 +33,13 @@ __all__ = [
     "save_figure",
 ]
 
-_COLORS = {"rt": "tab:blue", "reinforce": "tab:orange", "path": "tab:green"}
+_COLORS = dict(zip(ESTIMATORS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
 _SEED_STYLES = ["-", "--", ":", "-."]
 
 
 @dataclass
 class TrainingRun:
-    """One training run as plotted: its metrics, acceptance history and outcome."""
+    """One training run as plotted: its setting, metrics, acceptance history and outcome."""
 
     estimator: str
     amp: bool
@@ -47,21 +50,44 @@ class TrainingRun:
     )
     status: str = "completed"
     last_step: int | None = None
+    L: int | None = None
 
     @property
     def label(self) -> str:
         return variant_label(self.estimator, self.amp)
 
 
+#: what a training summary's ``config`` must say about the run
+RUN_KEYS = ("estimator", "amp", "seed", "L")
+
+
+def run_setting(summary: dict, path: str | os.PathLike) -> dict:
+    """Estimator, amp, seed and L of a run, from the ``config`` its summary.json records."""
+    config = summary.get("config")
+    if not isinstance(config, dict):
+        raise UserError(f"training summary {path} lacks key 'config' (the run's settings)")
+    missing = [key for key in RUN_KEYS if key not in config]
+    if missing:
+        raise UserError(f"training summary {path} lacks key(s) config.{', config.'.join(missing)}")
+    if config["estimator"] not in ESTIMATORS:
+        raise UserError(
+            f"training summary {path}: config.estimator {config['estimator']!r} "
+            f"is none of {list(ESTIMATORS)}"
+        )
+    return {
+        "estimator": str(config["estimator"]),
+        "amp": bool(config["amp"]),
+        "seed": int(config["seed"]),
+        "L": int(config["L"]),
+    }
+
+
 def load_training_run(
     metrics: str | os.PathLike,
     summary: str | os.PathLike,
-    acceptance: str | os.PathLike | None,
-    estimator: str,
-    amp: bool,
-    seed: int,
+    acceptance: str | os.PathLike | None = None,
 ) -> TrainingRun:
-    """Read a run's metrics.csv, summary.json and (optional) acceptance CSV."""
+    """Read a run's metrics.csv, summary.json (its outcome and setting) and acceptance CSV."""
     frame = pd.read_csv(require_file(metrics, "training metrics"))
     for column in ("step", "ess"):
         if column not in frame:
@@ -71,9 +97,7 @@ def load_training_run(
     if acceptance is not None:
         acc = pd.read_csv(require_file(acceptance, "acceptance history"))
     return TrainingRun(
-        estimator=estimator,
-        amp=amp,
-        seed=seed,
+        **run_setting(info, summary),
         metrics=frame,
         acceptance=acc,
         status=str(info.get("status", "unknown")),

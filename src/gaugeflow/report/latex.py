@@ -1,12 +1,28 @@
-"""Small LaTeX writers: escaping, booktabs tabulars, macro files."""
+"""Small LaTeX writers: number formatting, escaping, booktabs tabulars, macro files."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["escape", "Tabular", "macro_file", "MIDRULE"]
+__all__ = ["MISSING", "format_number", "escape", "Tabular", "macro_file", "MIDRULE"]
+
+MISSING = "–"  # an entry with no number (rendered as the TeX ligature --)
+
+
+def format_number(x: float | None, digits: int = 3) -> str:
+    """Readable fixed-point with about `digits` significant figures (no exponents)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return MISSING
+    x = float(x)
+    if x == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(x)))
+    decimals = min(max(0, digits - 1 - magnitude), 6)
+    return f"{x:.{decimals}f}"
+
 
 _SPECIAL = {
     "\\": r"\textbackslash{}",

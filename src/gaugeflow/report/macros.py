@@ -11,13 +11,16 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from .latex import escape
-from .tables import format_number
+from ..choices import ESTIMATORS
+from ..errors import UserError
+from .latex import escape, format_number
+from .paper_data import PAPER_ESTIMATORS
 
-__all__ = ["NA", "value_error", "build_macros"]
+__all__ = ["NA", "SETTINGS", "GROUP_SETTINGS", "check_settings", "value_error", "build_macros"]
 
 NA = r"\textrm{n/a}"  # valid in text and in math
-_EST = {"rt": "Rt", "reinforce": "Re", "path": "Pg"}
+# estimator -> its part of a macro name (letters only)
+_EST = dict(zip(ESTIMATORS, ("Rt", "Re", "Pg"), strict=True))
 _GROUPS = {"main": "Main", "large": "Large"}
 
 
@@ -35,31 +38,51 @@ def _percent(x: float | None) -> str:
     return NA if x is None or not math.isfinite(float(x)) else f"{100 * float(x):.1f}\\%"
 
 
-def _config_macros(config: Mapping) -> dict[str, str]:
-    physics = config.get("physics", {})
-    arch = config.get("architecture", {})
-    training = config.get("training", {})
-    out = {
-        "gfScale": escape(config.get("scale", "")),
-        "gfDevice": escape(config.get("device", "")),
-        "gfBeta": str(physics.get("beta", NA)),
-        "gfKappa": str(physics.get("kappa", NA)),
-        "gfLayers": str(arch.get("n_layers", NA)),
-        "gfHidden": str(arch.get("hidden", NA)),
-        "gfWindow": str(training.get("ess_window", NA)),
-        "gfSnapshotEvery": str(training.get("snapshot_every", NA)),
-        "gfAccSamples": str(training.get("acceptance_samples", NA)),
-        "gfBridgeMin": str(config.get("chains", {}).get("bridge_min", NA)),
-        "gfMeasureSteps": str(config.get("measure", {}).get("steps", NA)),
-    }
+#: the run settings the macros quote, as `build_macros` takes them: key -> macro
+SETTINGS = {
+    "scale": "gfScale",
+    "device": "gfDevice",
+    "beta": "gfBeta",
+    "kappa": "gfKappa",
+    "n_layers": "gfLayers",
+    "hidden": "gfHidden",
+    "ess_window": "gfWindow",
+    "snapshot_every": "gfSnapshotEvery",
+    "acceptance_samples": "gfAccSamples",
+    "bridge_min": "gfBridgeMin",
+    "measure_steps": "gfMeasureSteps",
+}
+#: per training group ('main', 'large'): L, steps, batch_size, n_batches, chain_length
+GROUP_SETTINGS = ("L", "steps", "batch_size", "n_batches", "chain_length")
+_TEXT_SETTINGS = ("scale", "device")
+
+
+def check_settings(settings: Mapping) -> None:
+    """UserError naming any key `build_macros` does not know (a misspelling would be n/a)."""
+    unknown = sorted(set(settings) - set(SETTINGS) - {"groups"})
+    groups = settings.get("groups") or {}
+    unknown += [f"groups.{g}" for g in sorted(set(groups) - set(_GROUPS))]
+    for g, values in groups.items():
+        unknown += [f"groups.{g}.{k}" for k in sorted(set(values) - set(GROUP_SETTINGS))]
+    if unknown:
+        raise UserError(f"macro settings: unknown key(s) {unknown}")
+
+
+def _settings_macros(settings: Mapping) -> dict[str, str]:
+    out = {}
+    for key, name in SETTINGS.items():
+        if key in _TEXT_SETTINGS:
+            out[name] = escape(settings.get(key, ""))
+        else:
+            out[name] = str(settings.get(key, NA))
+    groups = settings.get("groups") or {}
     for key, name in _GROUPS.items():
-        group = training.get(key, {})
+        group = groups.get(key) or {}
         out[f"gfL{name}"] = str(group.get("L", NA))
         out[f"gfSteps{name}"] = str(group.get("steps", NA))
         bs, nb = group.get("batch_size"), group.get("n_batches", 1)
         out[f"gfBatch{name}"] = f"{nb}$\\times${bs}" if bs else NA
-        chain = config.get("chains", {}).get({"main": "fig3", "large": "fig5"}[key], {})
-        out[f"gfChain{name}"] = str(chain.get("length", NA))
+        out[f"gfChain{name}"] = str(group.get("chain_length", NA))
     return out
 
 
@@ -148,7 +171,8 @@ def _timing_macros(table1: pd.DataFrame | None) -> dict[str, str]:
 
 def _dag_macros(table3: pd.DataFrame | None) -> dict[str, str]:
     out = {}
-    for est, est_name in (("rt", "Rt"), ("reinforce", "Re")):
+    for est in PAPER_ESTIMATORS:  # the estimators of the paper's Table 3
+        est_name = _EST[est]
         for asm, asm_name in (("loop", ""), ("scatter", "Scatter")):
             for part in ("A", "B"):
                 out[f"gfDag{est_name}{asm_name}{part}"] = NA
@@ -181,7 +205,7 @@ def _memory_macros(table5: pd.DataFrame | None) -> dict[str, str]:
 
 
 def build_macros(
-    config: Mapping,
+    settings: Mapping,
     provenance: Mapping | None = None,
     training: Mapping[str, pd.DataFrame | None] | None = None,
     analyses: Mapping[str, Mapping | None] | None = None,
@@ -190,9 +214,15 @@ def build_macros(
     table3: pd.DataFrame | None = None,
     table5: pd.DataFrame | None = None,
 ) -> dict[str, str]:
-    """All macros the paper uses; groups are 'main' (Figs. 2, 3) and 'large' (Figs. 4, 5)."""
+    """All macros the paper uses; groups are 'main' (Figs. 2, 3) and 'large' (Figs. 4, 5).
+
+    `settings` holds the run settings quoted in the text: the keys of `SETTINGS` and
+    ``groups: {main: {...}, large: {...}}`` with the keys of `GROUP_SETTINGS` (the workflow
+    passes them; this module does not know its config layout). Absent ones read n/a.
+    """
+    check_settings(settings)
     training, analyses, nis = training or {}, analyses or {}, nis or {}
-    macros = _config_macros(config)
+    macros = _settings_macros(settings)
     prov = provenance or {}
     macros["gfGitDescribe"] = escape(prov.get("git_describe", NA))
     macros["gfTorchVersion"] = escape((prov.get("packages") or {}).get("torch") or NA)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "PAPER_ARCHITECTURE",
+    "PAPER_ESTIMATORS",
     "PAPER_HARDWARE",
     "TABLE1",
     "TABLE2",
@@ -22,6 +23,8 @@ __all__ = [
 ]
 
 PAPER_ARCHITECTURE = {"n_layers": 48, "hidden": 64}
+#: the estimators the paper compares (its tables have numbers for these only)
+PAPER_ESTIMATORS = ("rt", "reinforce")
 PAPER_HARDWARE = {
     "table1": "A100-40GB",
     "table2": "A100-40GB",
