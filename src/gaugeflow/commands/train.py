@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from ..runtime import configure_threads
 
 # time_limit counts from here: this module is imported when the CLI starts
 _CLI_START = time.monotonic()
+#: exit status of a run stopped by its time limit (EX_TEMPFAIL: "run it again"), so that a
+#: scheduler (Snakemake's retries, a SLURM requeue) does not take the run for finished
+EXIT_TIME_LIMIT = 75
 
 # flag dest -> training config key (None: handled specially)
 _FLAG_KEYS = {
@@ -93,6 +97,13 @@ def _run(args: argparse.Namespace) -> int:
         f"amp={cfg['amp']}, {summary['n_parameters']} parameters, {summary['device']}, "
         f"{threads} threads{parent}) -> {args.out}"
     )
+    if summary["status"] == "time_limit":
+        print(
+            f"train: stopped by the time limit ({cfg['time_limit']} s); run the same command "
+            f"again to continue to step {cfg['steps']}",
+            file=sys.stderr,
+        )
+        return EXIT_TIME_LIMIT
     return 0
 
 
@@ -157,7 +168,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_positive_seconds,
         metavar="SECONDS",
         help="stop after the step that crosses this wall-clock limit (from the start of this "
-        "command), with a checkpoint, model.pt and status time_limit; rerun to continue",
+        "command), with a checkpoint, model.pt and status time_limit, and exit with status "
+        f"{EXIT_TIME_LIMIT}; rerun to continue",
     )
     p.add_argument("--checkpoint-dir", help="resumable state (default OUT/checkpoints)")
     p.add_argument("--snapshot-dir", help="snapshot folder (default OUT/snapshots)")
