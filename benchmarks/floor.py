@@ -50,7 +50,8 @@ class FloorReplay:
                 (module, x.detach().clone(), grad and x.requires_grad, grad and params_grad)
             )
 
-        log_prob = setup.log_prob
+        train_step = setup.train_step
+        log_prob = train_step.log_prob
 
         def recording_log_prob(phi: torch.Tensor) -> torch.Tensor:
             grad = torch.is_grad_enabled() and phi.requires_grad
@@ -59,12 +60,12 @@ class FloorReplay:
 
         handles = [m.register_forward_pre_hook(pre_hook) for m in _conditioner_modules(setup.flow)]
         try:
-            setup.log_prob = recording_log_prob
+            train_step.log_prob = recording_log_prob  # shadows the method for this loss call
             setup.zero_grad()
             loss, _ = loss_call(setup)
             del loss
         finally:
-            setup.log_prob = log_prob
+            del train_step.log_prob
             for h in handles:
                 h.remove()
 

@@ -370,6 +370,10 @@ def test_a_record_lacking_a_key_or_of_another_version_names_file_and_key(tmp_pat
     with pytest.raises(UserError, match="schema_version") as err:
         load_measurement(old)
     assert str(old) in str(err.value)
+    typed = tmp_path / "typed.json"
+    typed.write_text(json.dumps({**good, "inputs": {**good["inputs"], "L": "4"}}))
+    with pytest.raises(UserError, match="'inputs.L' must be int"):
+        load_measurement(typed)
     guessed = tmp_path / "alias.json"
     guessed.write_text(json.dumps({**good, "inputs": {**good["inputs"], "lattice_size": 4}}))
     with pytest.raises(UserError, match="lattice_size"):

@@ -48,6 +48,8 @@ STATUSES: tuple[str, ...] = ("ok", "oom", "crashed")
 _REQUIRED_INPUTS = (
     "L", "batch_size", "n_batches", "estimator", "amp", "n_layers", "hidden", "device"
 )  # fmt: skip
+#: required inputs that may not be null (n_layers and hidden may)
+_NON_NULL_INPUTS = ("L", "batch_size", "n_batches", "estimator", "amp", "device")
 #: top-level keys that are not results
 _ENVELOPE = (
     "schema_version", "kind", "status", "inputs", "error", "log", "device", "device_name",
@@ -56,16 +58,14 @@ _ENVELOPE = (
 
 
 def _convert(value: Any, kind: type, key: str, where: str) -> Any:
+    """`value` as `kind` (int, float, str, bool) without silent coercion; None stays None."""
     if value is None:
         return None
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{where}: key {key!r} must be true or false; got {value!r}")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
-    try:
-        return kind(value)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"{where}: key {key!r} must be {kind.__name__}; got {value!r}") from exc
+    raise UserError(f"{where}: key {key!r} must be {kind.__name__}; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,9 @@ class MeasurementInputs:
         for key in _REQUIRED_INPUTS:
             if key not in data:
                 raise UserError(f"{where} lacks key 'inputs.{key}'")
+        for key in _NON_NULL_INPUTS:
+            if data[key] is None:
+                raise UserError(f"{where}: key 'inputs.{key}' is null")
         unknown = sorted(set(data) - set(_INPUT_TYPES))
         if unknown:
             raise UserError(f"{where}: unknown key(s) in inputs: {unknown}")

@@ -1,63 +1,86 @@
-"""The measured step: built here, in one place, from a training config.
+"""The measured step: built here, in one place, as the training step itself.
 
-A *part* (one loss call) is what a training step does for one of its ``n_batches`` parts: draw
-z from the prior, call the estimator (under autocast when amp is on) and divide the loss by
-``n_batches``; its backward is ``.backward()`` through the grad scaler when there is one. A
-*gradient step* is ``zero_grad``, ``n_batches`` parts and the optimizer step. Flow, prior and
-action come from :func:`gaugeflow.training.build_components`, so a measurement runs exactly the
-model a training run with the same keys would.
+:func:`build_setup` seeds everything and builds a :class:`gaugeflow.training.TrainStep` from a
+training config exactly as ``train()`` does, so every measurement runs the model and the step
+a training run with the same keys would. The units of work are that step's methods:
+
+- a *part* (one loss call, :func:`loss_call`) is ``TrainStep.loss_part``: the part's prior
+  samples, the estimator under autocast (the action in full precision), the loss divided by
+  ``n_batches``; its backward (:func:`backward`) is ``TrainStep.backward`` (through the grad
+  scaler when there is one);
+- a *gradient step* (:func:`gradient_step`) is ``TrainStep.run``: zero_grad, the parts,
+  unscale, finiteness checks, grad clip, optimizer and scheduler steps, the step's metrics.
+
+Each loss call and each step uses the samples of the next step index (1, 2, ...), so repeated
+loss calls see fresh samples, as consecutive training steps do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..estimators import EstimatorOutput, get_estimator
-from ..runtime import resolve_device, resolve_dtype
-from ..training import amp_settings, build_components, make_config
+from ..estimators import EstimatorOutput
+from ..runtime import resolve_device, seed_everything
+from ..training import StepResult, TrainStep, make_config
 
-__all__ = ["MeasureSetup", "build_setup", "loss_call", "backward", "gradient_step"]
+__all__ = [
+    "MeasureSetup",
+    "StepDiverged",
+    "build_setup",
+    "loss_call",
+    "backward",
+    "gradient_step",
+]
+
+
+class StepDiverged(RuntimeError):
+    """The measured step diverged (non-finite loss, gradient or weights)."""
 
 
 @dataclass
 class MeasureSetup:
-    """Everything one training step needs, built from a training config."""
+    """The training step being measured and how many step indices it has used."""
 
-    config: dict[str, Any]
-    device: torch.device
-    flow: nn.Module
-    prior: Any
-    action: Any
-    estimator: Callable[..., EstimatorOutput]
-    optimizer: torch.optim.Optimizer
-    generator: torch.Generator
-    amp_dtype: torch.dtype | None = None
-    scaler: Any = None
-    log_prob: Callable[[torch.Tensor], torch.Tensor] = field(init=False)
+    train_step: TrainStep
+    steps_taken: int = 0
 
-    def __post_init__(self) -> None:
-        dtype = resolve_dtype(self.config["dtype"])
-        device_type = self.device.type
-        action = self.action
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.train_step.config
 
-        def log_prob(phi: torch.Tensor) -> torch.Tensor:
-            # as in training: the action runs in full precision even under autocast
-            with torch.autocast(device_type, enabled=False):
-                return action.log_prob(phi.to(dtype))
+    @property
+    def device(self) -> torch.device:
+        return self.train_step.device
 
-        self.log_prob = log_prob
+    @property
+    def flow(self) -> nn.Module:
+        return self.train_step.flow
+
+    @property
+    def prior(self) -> Any:
+        return self.train_step.prior
+
+    @property
+    def action(self) -> Any:
+        return self.train_step.action
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.train_step.optimizer
+
+    def next_step(self) -> int:
+        """The next step index (its samples are those training draws at that step)."""
+        self.steps_taken += 1
+        return self.steps_taken
 
     def autocast(self) -> AbstractContextManager:
         """The training step's autocast context (a no-op without amp)."""
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return self.train_step.autocast()
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -68,53 +91,27 @@ class MeasureSetup:
 
 
 def build_setup(overrides: dict[str, Any]) -> MeasureSetup:
-    """Flow, prior, action, estimator and Adam from training-config `overrides` (validated)."""
+    """The TrainStep of training-config `overrides` (validated), seeded as ``train()`` seeds."""
     config = make_config(overrides)
     device = resolve_device(config["device"])
-    torch.manual_seed(config["seed"])
-    generator = torch.Generator(device="cpu").manual_seed(config["seed"])
-    flow, prior, action = build_components(config, device)
-    amp_dtype, use_scaler = amp_settings(config, device)
-    return MeasureSetup(
-        config=config,
-        device=device,
-        flow=flow,
-        prior=prior,
-        action=action,
-        estimator=get_estimator(config["estimator"]),
-        optimizer=torch.optim.Adam(flow.parameters(), lr=config["lr"]),
-        generator=generator,
-        amp_dtype=amp_dtype,
-        scaler=torch.amp.GradScaler("cuda") if use_scaler else None,
-    )
+    seed_everything(config["seed"])
+    return MeasureSetup(TrainStep(config, device))
 
 
 def loss_call(setup: MeasureSetup) -> tuple[torch.Tensor, EstimatorOutput]:
-    """One loss call: sample z, run the estimator; returns (loss / n_batches, estimator output)."""
-    z = setup.prior.sample(setup.config["batch_size"], generator=setup.generator)
-    with setup.autocast():
-        out = setup.estimator(setup.flow, setup.prior, setup.log_prob, z.to(setup.device))
-    return out.loss / setup.config["n_batches"], out
+    """One loss call (part 0 of the next step): (loss / n_batches, estimator output)."""
+    result = setup.train_step.loss_part(setup.next_step(), 0)
+    return result.loss, result.output
 
 
 def backward(setup: MeasureSetup, loss: torch.Tensor) -> None:
     """`.backward()` as training calls it (through the grad scaler when there is one)."""
-    (setup.scaler.scale(loss) if setup.scaler is not None else loss).backward()
+    setup.train_step.backward(loss)
 
 
-def optimizer_step(setup: MeasureSetup) -> None:
-    """The update after the parts (through the grad scaler when there is one)."""
-    if setup.scaler is not None:
-        setup.scaler.step(setup.optimizer)
-        setup.scaler.update()
-    else:
-        setup.optimizer.step()
-
-
-def gradient_step(setup: MeasureSetup) -> None:
-    """One untimed gradient step: zero_grad, n_batches parts, optimizer step."""
-    setup.zero_grad()
-    for _ in range(setup.config["n_batches"]):
-        loss, _ = loss_call(setup)
-        backward(setup, loss)
-    optimizer_step(setup)
+def gradient_step(setup: MeasureSetup, phase_timer: Any = None) -> StepResult:
+    """One training step (``TrainStep.run``); `phase_timer` as there. Raises StepDiverged."""
+    result = setup.train_step.run(setup.next_step(), phase_timer=phase_timer)
+    if result.divergence is not None:
+        raise StepDiverged(f"the measured step diverged: {result.divergence.message}")
+    return result

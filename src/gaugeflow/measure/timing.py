@@ -1,9 +1,11 @@
-"""Kind ``timing`` (Tables 1, 2): wall time of gradient steps, split into their phases.
+"""Kind ``timing`` (Tables 1, 2): wall time of training steps, split into their phases.
 
-``steps`` gradient steps after ``warmup`` untimed ones. ``step_seconds`` is the median step;
+``steps`` steps of the training step itself (``TrainStep.run``, see :mod:`.setup`) after
+``warmup`` untimed ones. ``step_seconds`` is the median step (the whole ``run`` call);
 ``loss_seconds`` and ``backward_seconds`` are the medians of one loss call (sampling +
-estimator) and of one ``.backward()`` (the phases "loss" and "backward", once per part);
-``other_seconds`` is the rest of a step (zero_grad, the update). ``stats`` gives median,
+estimator) and of one backward: ``run``'s phases "loss" and "backward", once per part, timed
+by the :class:`PhaseTimer` given to it; ``other_seconds`` is the rest of a step (zero_grad,
+finiteness checks, the update, the step's metrics). ``stats`` gives median,
 quartiles, min, max of each; ``total_seconds`` is the wall time of all timed steps.
 CPU: ``time.perf_counter`` (CPU work is synchronous); CUDA: CUDA events, synchronised once per
 step, and ``torch.cuda.synchronize`` around the total.
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .setup import MeasureSetup, backward, gradient_step, loss_call, optimizer_step
+from .setup import MeasureSetup, gradient_step
 
 __all__ = ["Clock", "PhaseTimer", "measure_timing", "summarize_timing"]
 
@@ -87,18 +89,6 @@ def _stats(values: Sequence[float]) -> dict[str, float | int]:
     }
 
 
-def _phased_step(setup: MeasureSetup, timer: PhaseTimer) -> None:
-    """One gradient step with its phases marked: "loss" and "backward" per part, "update"."""
-    setup.zero_grad()
-    for _ in range(setup.config["n_batches"]):
-        with timer("loss"):
-            loss, _ = loss_call(setup)
-        with timer("backward"):
-            backward(setup, loss)
-    with timer("update"):
-        optimizer_step(setup)
-
-
 def measure_timing(setup: MeasureSetup, steps: int, warmup: int = 2) -> dict[str, Any]:
     """Time `steps` gradient steps after `warmup` untimed ones (see the module docstring)."""
     if steps < 1:
@@ -115,7 +105,7 @@ def measure_timing(setup: MeasureSetup, steps: int, warmup: int = 2) -> dict[str
     for _ in range(steps):
         timer = PhaseTimer(clock)
         t0 = clock.mark()
-        _phased_step(setup, timer)
+        gradient_step(setup, phase_timer=timer)
         t1 = clock.mark()
         clock.sync()
         step = clock.seconds(t0, t1)
