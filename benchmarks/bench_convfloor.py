@@ -74,7 +74,7 @@ def variant_options(name: str) -> dict[str, bool]:
         return {"all": False}
     kind, _, switch = name.partition("-")
     if switch in SWITCHES and kind in ("no", "only"):
-        return {"all": kind == "only", switch: kind == "no"}
+        return {"all": kind == "no", switch: kind == "only"}
     raise SystemExit(
         f"unknown variant {name!r}: use new, ref, no-<switch> or only-<switch> with a switch "
         f"in {', '.join(SWITCHES)}"
@@ -136,14 +136,16 @@ class CallTimer:
             self.flops[key] = counter.get_total_flops()
         return self._inputs[key]
 
-    def seconds(self, func: Any, meta: Any, repeats: int) -> float:
+    def seconds(self, func: Any, meta: Any, repeats: int) -> tuple[float, float]:
+        """Median wall and median process-CPU seconds of one call."""
         args = self._args(func, meta)
-        times = []
+        times, cpu = [], []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             func(*args)
             times.append(time.perf_counter() - start)
-        return statistics.median(times)
+            cpu.append(time.process_time() - start_cpu)
+        return statistics.median(times), statistics.median(cpu)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,7 +211,7 @@ class Setup:
     def step(self) -> dict[str, float]:
         """One gradient step; seconds of the whole step and of its parts."""
         self.parts = defaultdict(float)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         self.optimizer.zero_grad(set_to_none=True)
         z = self.prior.sample(self.batch_size, generator=self.generator)
         out = self.estimator(self.flow, self.prior, self.log_prob, z)
@@ -222,7 +224,8 @@ class Setup:
         self.parts["backward"] = time.perf_counter() - before_backward
         self.optimizer.step()
         total = time.perf_counter() - start
-        result = {"step": total, **{p: self.parts[p] for p in PARTS}}
+        result = {"step": total, "step_cpu": time.process_time() - start_cpu}
+        result.update({p: self.parts[p] for p in PARTS})
         result["other"] = total - sum(self.parts[p] for p in PARTS)
         return result
 
@@ -261,12 +264,13 @@ def _flops(calls: Counter, timer: CallTimer) -> dict[str, float]:
 def _floor(calls: Counter, timer: CallTimer, repeats: int) -> dict[str, float]:
     """Seconds of the recorded calls, each timed alone: per part and for the step."""
     out: dict[str, float] = defaultdict(float)
-    cache: dict[tuple[Any, Any], float] = {}
+    cache: dict[tuple[Any, Any], tuple[float, float]] = {}
     for (part, func, meta), n in calls.items():
         if (func, meta) not in cache:
             cache[(func, meta)] = timer.seconds(func, meta, repeats)
-        out[part] += n * cache[(func, meta)]
-    out["step"] = sum(v for k, v in out.items() if k != "step")
+        out[part] += n * cache[(func, meta)][0]
+        out["step_cpu"] += n * cache[(func, meta)][1]
+    out["step"] = sum(v for k, v in out.items() if k in PARTS or k == "other")
     return dict(out)
 
 
@@ -302,6 +306,7 @@ def bench_L(L: int, args: argparse.Namespace) -> list[dict[str, Any]]:
                 with conv_options(**variant_options(variant)):
                     got = setups[est, variant].step()
                 got["ratio"] = got["step"] / floor["step"]
+                got["ratio_cpu"] = got["step_cpu"] / floor["step_cpu"]
                 samples[est, variant].append(got)
         print(f"  L={L} round {r + 1}/{args.repeats} done [load {_loadavg()}]", flush=True)
     rows = []
@@ -324,6 +329,10 @@ def bench_L(L: int, args: argparse.Namespace) -> list[dict[str, Any]]:
                 "step_max": max(g["step"] for g in got),
                 "floor_seconds": floor["step"],
                 "ratio": med("ratio"),
+                "ratio_min": min(g["step"] for g in got) / min(f["step"] for f in floors[est]),
+                "step_cpu_seconds": med("step_cpu"),
+                "floor_cpu_seconds": floor["step_cpu"],
+                "ratio_cpu": med("ratio_cpu"),
                 "dense_gflop": flops["step"] / 1e9,
                 "actual_conv_gflop": actual_flops[est, variant]["step"] / 1e9,
                 "floor_gflops": flops["step"] / floor["step"] / 1e9,
@@ -362,9 +371,10 @@ def profile_step(setup: Setup, variant: str, rows: int = 18) -> None:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| L | estimator | variant | step [s] | min–max [s] | floor [s] | step/floor "
+        "| min/min | CPU-time step/floor "
         "| dense GFLOP | step conv GFLOP | floor GFLOP/s | no-grad fwd GFLOP/s (floor) "
         "| fwd w/ grad GFLOP/s (floor) | backward GFLOP/s (floor) | rest [s] |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
 
@@ -377,7 +387,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['L']} | {r['estimator']} | {r['variant']} | {r['step_seconds']:.3f} "
             f"| {r['step_min']:.3f}–{r['step_max']:.3f} | {r['floor_seconds']:.3f} "
-            f"| {r['ratio']:.2f} | {r['dense_gflop']:.1f} | {r['actual_conv_gflop']:.1f} "
+            f"| {r['ratio']:.2f} | {r['ratio_min']:.2f} | {r['ratio_cpu']:.2f} | {r['dense_gflop']:.1f} | {r['actual_conv_gflop']:.1f} "
             f"| {r['floor_gflops']:.0f} | {part(r, 'nograd')} | {part(r, 'grad')} "
             f"| {part(r, 'backward')} | {r['other_seconds']:.3f} |"
         )
@@ -427,7 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=["new"], help="new, ref, no-X, only-X")
     p.add_argument("--assembly", default="scatter")
     p.add_argument("--repeats", type=int, default=3, help="rounds (timed steps per row)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per row first")
+    p.add_argument(
+        "--warmup", type=int, default=0, help="untimed steps per row after the recorded one"
+    )
     p.add_argument("--conv-repeats", type=int, default=3, help="timings per call per round")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--n-layers", type=int, default=48)
@@ -460,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"L={L:>2} {row['estimator']:<9} {row['variant']:<18} step {row['step_seconds']:7.3f} s "
                 f"floor {row['floor_seconds']:6.3f} s ratio {row['ratio']:.2f} "
+                f"(min/min {row['ratio_min']:.2f}, CPU time {row['ratio_cpu']:.2f}) "
                 f"[load {row['load_before']} -> {row['load_after']}]",
                 flush=True,
             )

@@ -20,7 +20,7 @@ from gaugeflow.flows.masks import coupling_masks
 from gaugeflow.flows.nets import ConvOptions, Sites, conv_options, current_options
 from gaugeflow.physics.action import SchwingerAction
 
-SWITCHES = ("active_last", "padded_buffer", "gemm_first")
+SWITCHES = ("active_last", "padded_buffer", "gemm_first", "gemm_last")
 
 
 def reference_net(net: nn.Sequential, features: torch.Tensor, sites: Sites | None = None):
@@ -93,8 +93,10 @@ def test_training_step_gradient_matches_the_plain_torch_conditioner(estimator, L
 def test_each_switch_alone_keeps_the_reinforce_gradient(switch):
     L = 8
     flow = small_flow(L, seed=1)
-    with conv_options(all=False, **{switch: True}) as opts:
-        assert [getattr(opts, s) for s in SWITCHES] == [s == switch for s in SWITCHES]
+    # gemm_last is the backward of active_last's convolution: it needs that switch too
+    on = {switch, "active_last"} if switch == "gemm_last" else {switch}
+    with conv_options(all=False, **dict.fromkeys(on, True)) as opts:
+        assert [getattr(opts, s) for s in SWITCHES] == [s in on for s in SWITCHES]
         _, _, grads = step_gradients(flow, "reinforce", L, reference=False)
     _, _, grads_ref = step_gradients(flow, "reinforce", L, reference=True)
     for g, g_ref in zip(grads, grads_ref, strict=True):
@@ -143,6 +145,28 @@ def test_sites_refuse_cosets_that_miss_the_mask():
         Sites.from_mask(active, _active_cosets(8, 0, 2))
     with pytest.raises(ValueError, match="cover"):
         Sites.from_mask(active, _active_cosets(8, 0, 1)[:1])
+
+
+@pytest.mark.parametrize("padded_buffer", [True, False])
+def test_last_convolution_at_the_sites_matches_the_full_one(padded_buffer):
+    """Both layouts of the padded input (the copy-free tall view and plain slices), with and
+    without grad, against the plain-torch conditioner read out at the active sites."""
+    from gaugeflow.flows import nets
+
+    torch.manual_seed(4)
+    L = 8
+    net = nets.ConditionerCNN(6, 24, hidden_channels=5).double()
+    for mu, k in [(0, 1), (1, 3)]:
+        sites = Sites.from_mask(coupling_masks(L, mu, k).active, _active_cosets(L, mu, k))
+        x = torch.randn(3, 6, L, L, dtype=torch.float64)
+        ref = reference_net(net, x, sites)
+        with conv_options(all=False, active_last=True, padded_buffer=padded_buffer):
+            with torch.no_grad():
+                torch.testing.assert_close(net(x, sites), ref, rtol=0, atol=1e-12)
+            torch.testing.assert_close(net(x, sites), ref, rtol=0, atol=1e-12)
+    padded = nets._leaky_pad_into(torch.randn(2, 3, L, L), 3, 0.01, rows=4)
+    assert nets._coset_view(padded, 1, 1, 4) is not None  # the tall view applies
+    assert nets._coset_view(nets._pad_into(torch.randn(2, 3, L, L), 3), 1, 1, 4) is None
 
 
 def test_conv_options_names_unknown_switches():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
@@ -34,11 +35,15 @@ class ConvOptions:
       (no second padding there), and the gradient's padding is folded in place.
     - ``gemm_first``: the backward of the first convolution (few input channels, where
       oneDNN's backward is slow) is two matrix products on the im2col matrix.
+    - ``gemm_last``: with ``active_last``, the last convolution's backward is two matrix
+      products on the im2col rows of the active sites only (a quarter of the full backward's
+      work), not a full convolution backward of a gradient that is zero at 3/4 of the sites.
     """
 
     active_last: bool = True
     padded_buffer: bool = True
     gemm_first: bool = True
+    gemm_last: bool = True
 
 
 _OPTIONS = ConvOptions()
@@ -149,13 +154,60 @@ def _fill_border(out: torch.Tensor, pad: int) -> torch.Tensor:
     return out
 
 
-def _leaky_pad_into(x: torch.Tensor, pad: int, slope: float) -> torch.Tensor:
-    """``_pad_into(F.leaky_relu(x, slope), pad)`` with the activation written into the centre."""
+def _leaky_pad_into(x: torch.Tensor, pad: int, slope: float, rows: int = 1) -> torch.Tensor:
+    """``_pad_into(F.leaky_relu(x, slope), pad)`` with the activation written into the centre.
+
+    With ``rows > 1`` (4-d, CPU) each sample's padded image sits in a block of rows rounded up
+    to a multiple of `rows`, with one spare row after the last sample: the layout
+    `_conv_at_sites` reads without a copy (zeros in the spare rows).
+    """
     L_h, L_w = x.shape[-2], x.shape[-1]
-    shape = (*x.shape[:-2], L_h + 2 * pad, L_w + 2 * pad)
-    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_layout(x))
+    H, W = L_h + 2 * pad, L_w + 2 * pad
+    if rows > 1 and x.dim() == 4 and _layout(x) == torch.channels_last:
+        batch, channels = x.shape[0], x.shape[1]
+        block = -(-H // rows) * rows
+        buf = x.new_empty(batch * block + 1, W, channels)
+        blocks = buf[: batch * block].view(batch, block, W, channels)
+        blocks[:, H:].zero_()
+        buf[batch * block :].zero_()
+        out = blocks[:, :H].permute(0, 3, 1, 2)
+    else:
+        shape = (*x.shape[:-2], H, W)
+        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_layout(x))
     torch._C._nn.leaky_relu(x, slope, out=out[..., pad : pad + L_h, pad : pad + L_w])
     return _fill_border(out, pad)
+
+
+def _site_rows(sites: Sites) -> int:
+    """Row multiple of the cosets' row steps (for `_leaky_pad_into`)."""
+    return math.lcm(*(dr for _, _, dr, _ in sites.cosets))
+
+
+def _coset_view(padded: torch.Tensor, r0: int, c0: int, dr: int) -> torch.Tensor | None:
+    """The samples' padded images as one tall image starting at (r0, c0), without a copy.
+
+    Only for the layout of ``_leaky_pad_into(..., rows)`` with `dr` dividing the block: then
+    row i of sample b of coset (r0, c0, dr, .) is output row b * block / dr + i of a strided
+    convolution over this [1, C, rows, W] view (columns past the image read the next row,
+    only for outputs that are dropped). None if the layout does not allow it.
+    """
+    batch, channels, H, W = padded.shape
+    s = padded.stride()
+    row = W * channels
+    if s[1] != 1 or s[2] != row or s[3] != channels or s[0] % row:
+        return None
+    block = s[0] // row
+    if block % dr or block < H:
+        return None
+    n_rows = batch * block - r0
+    end = padded.storage_offset() + (r0 + n_rows) * row + c0 * channels
+    if end > padded.untyped_storage().nbytes() // padded.element_size():
+        return None
+    return padded.as_strided(
+        (1, channels, n_rows, W),
+        (n_rows * row, 1, row, channels),
+        padded.storage_offset() + r0 * row + c0 * channels,
+    )
 
 
 def _fold_(grad: torch.Tensor, pad: int) -> torch.Tensor:
@@ -196,9 +248,27 @@ def _conv_at_sites(
     output at that site.
     """
     parts = []
+    batch = padded.shape[0]
     for r0, c0, dr, dc in sites.cosets:
-        y = F.conv2d(padded[..., r0:, c0:], weight, bias, (dr, dc), 0, dilation)
-        parts.append(y.permute(0, 2, 3, 1).flatten(1, 2))
+        tall = _coset_view(padded, r0, c0, dr)
+        if tall is None:
+            y = F.conv2d(padded[..., r0:, c0:], weight, bias, (dr, dc), 0, dilation)
+            parts.append(y.permute(0, 2, 3, 1).flatten(1, 2))
+            continue
+        n_r, n_c = sites.L // dr, sites.L // dc
+        y = F.conv2d(tall, weight, bias, (dr, dc), 0, dilation)[0].permute(1, 2, 0)
+        per_sample = padded.stride(0) // (padded.shape[-1] * padded.shape[1]) // dr
+        y = (
+            y.as_strided(
+                (batch, n_r * n_c, y.shape[-1]),
+                (per_sample * y.stride(0), y.stride(1), y.stride(2)),
+            )
+            if n_c * y.stride(1) == y.stride(0)
+            else torch.stack(
+                [y[b * per_sample : b * per_sample + n_r] for b in range(batch)]
+            ).flatten(1, 2)
+        )
+        parts.append(y)
     return torch.cat(parts, dim=1).index_select(1, sites.order)
 
 
@@ -257,6 +327,55 @@ def _gemm_conv_backward(
     return gx, gw, gb
 
 
+def _gemm_sites_backward(
+    grad: torch.Tensor,
+    padded: torch.Tensor,
+    weight: torch.Tensor,
+    dilation: int,
+    sites: Sites,
+    mask: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Backward of `_conv_at_sites` as matrix products on the sites' im2col rows.
+
+    Returns (grad of the *padded* input, grad of weight, grad of bias); `grad` is
+    [B, n_sites, C_out] in the order of ``sites.flat``.
+    """
+    need_x, need_w, need_b = mask
+    batch, c_in = padded.shape[0], padded.shape[1]
+    c_out, _, kh, kw = weight.shape
+    in_cosets = grad.new_empty(grad.shape).index_copy_(1, sites.order, grad)
+    xh = padded.permute(0, 2, 3, 1)
+    s = xh.stride()
+    wm = weight.permute(0, 2, 3, 1).reshape(c_out, kh * kw * c_in) if need_x else None
+    gpad = torch.zeros_like(xh) if need_x else None
+    gw = gb = None
+    start = 0
+    for r0, c0, dr, dc in sites.cosets:
+        n_r, n_c = sites.L // dr, sites.L // dc
+        g = in_cosets[:, start : start + n_r * n_c].reshape(batch * n_r * n_c, c_out)
+        start += n_r * n_c
+        if need_w:
+            cols = xh[:, r0:, c0:].as_strided(
+                (batch, n_r, n_c, kh, kw, c_in),
+                (s[0], dr * s[1], dc * s[2], dilation * s[1], dilation * s[2], s[3]),
+            )
+            part = g.t() @ cols.reshape(batch * n_r * n_c, kh * kw * c_in)
+            gw = part if gw is None else gw.add_(part)
+        if need_b:
+            part = g.sum(dim=0)
+            gb = part if gb is None else gb.add_(part)
+        if need_x:
+            taps = (g @ wm).view(batch, n_r, n_c, kh, kw, c_in)
+            for ky in range(kh):
+                for kx in range(kw):
+                    r, c = r0 + dilation * ky, c0 + dilation * kx
+                    gpad[:, r : r + dr * n_r : dr, c : c + dc * n_c : dc] += taps[:, :, :, ky, kx]
+    if gw is not None:
+        gw = gw.view(c_out, kh, kw, c_in).permute(0, 3, 1, 2).contiguous()
+    gx = gpad.permute(0, 3, 1, 2) if gpad is not None else None
+    return gx, gw, gb
+
+
 class _CircularPad(torch.autograd.Function):
     """Circular padding that saves nothing for backward (its backward is a fold)."""
 
@@ -310,7 +429,8 @@ class _CircularConv2d(torch.autograd.Function):
         if slope is None:
             a, padded = x, _pad_into(x, pad)
         elif keep_padded:
-            a, padded = None, _leaky_pad_into(x, pad, slope)
+            rows = _site_rows(sites) if sites is not None else 1
+            a, padded = None, _leaky_pad_into(x, pad, slope, rows)
         else:
             a = F.leaky_relu(x, slope)
             padded = _pad_into(a, pad)
@@ -321,6 +441,7 @@ class _CircularConv2d(torch.autograd.Function):
             y = _conv_at_sites(padded, w, bias, dilation, sites)
         ctx.pad, ctx.dilation, ctx.slope, ctx.has_bias = pad, dilation, slope, bias is not None
         ctx.sites, ctx.gemm, ctx.keep_padded = sites, gemm, keep_padded
+        ctx.gemm_sites = sites is not None and opts.gemm_last
         ctx.save_for_backward(padded if keep_padded else a, weight)
         return y
 
@@ -330,14 +451,17 @@ class _CircularConv2d(torch.autograd.Function):
         saved, weight = ctx.saved_tensors
         pad = ctx.pad
         padded = saved if ctx.keep_padded else _pad_into(saved, pad)
-        if ctx.sites is not None:
-            grad = _scatter_sites(grad, ctx.sites, padded)
         mask = (
             ctx.needs_input_grad[0],
             ctx.needs_input_grad[1],
             ctx.needs_input_grad[2] and ctx.has_bias,
         )
-        if ctx.gemm:
+        if ctx.sites is not None and not ctx.gemm_sites:
+            grad = _scatter_sites(grad, ctx.sites, padded)
+        if ctx.gemm_sites:
+            gx, gw, gb = _gemm_sites_backward(grad, padded, weight, ctx.dilation, ctx.sites, mask)
+            folded = False
+        elif ctx.gemm:
             gx, gw, gb = _gemm_conv_backward(grad, padded, weight, ctx.dilation, pad, mask)
             folded = True
         else:
@@ -477,7 +601,7 @@ class ConditionerCNN(nn.Sequential):
                 and not torch.is_grad_enabled()
             )
             if no_grad_fast:
-                x = _leaky_pad_into(x, pad, slope)
+                x = _leaky_pad_into(x, pad, slope, _site_rows(at_sites) if at_sites else 1)
             elif slope is None:
                 x = circular_pad(x, pad)
             else:
