@@ -270,6 +270,8 @@ def _floor(calls: Counter, timer: CallTimer, repeats: int) -> dict[str, float]:
             cache[(func, meta)] = timer.seconds(func, meta, repeats)
         out[part] += n * cache[(func, meta)][0]
         out["step_cpu"] += n * cache[(func, meta)][1]
+        rate = timer.flops[(func, meta)] / cache[(func, meta)][0]
+        out["peak_gflops"] = max(out["peak_gflops"], rate / 1e9)
     out["step"] = sum(v for k, v in out.items() if k in PARTS or k == "other")
     return dict(out)
 
@@ -336,6 +338,10 @@ def bench_L(L: int, args: argparse.Namespace) -> list[dict[str, Any]]:
                 "dense_gflop": flops["step"] / 1e9,
                 "actual_conv_gflop": actual_flops[est, variant]["step"] / 1e9,
                 "floor_gflops": flops["step"] / floor["step"] / 1e9,
+                # the yardstick: every FLOP at the fastest call's rate
+                "peak_gflops": floor["peak_gflops"],
+                "peak_floor_seconds": flops["step"] / floor["peak_gflops"] / 1e9,
+                "ratio_peak": med("step") * floor["peak_gflops"] * 1e9 / flops["step"],
                 "other_seconds": med("other"),
             }
             for part in PARTS:
@@ -472,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"L={L:>2} {row['estimator']:<9} {row['variant']:<18} step {row['step_seconds']:7.3f} s "
                 f"floor {row['floor_seconds']:6.3f} s ratio {row['ratio']:.2f} "
-                f"(min/min {row['ratio_min']:.2f}, CPU time {row['ratio_cpu']:.2f}) "
+                f"(min/min {row['ratio_min']:.2f}, CPU time {row['ratio_cpu']:.2f}; "
+                f"vs the fastest call's {row['peak_gflops']:.0f} GFLOP/s: {row['ratio_peak']:.2f}) "
                 f"[load {row['load_before']} -> {row['load_after']}]",
                 flush=True,
             )
