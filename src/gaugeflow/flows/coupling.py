@@ -25,7 +25,7 @@ from torch import nn
 
 from ..physics.u1 import plaquette, shift
 from .masks import coupling_masks, link_sign
-from .nets import ConditionerCNN
+from .nets import ConditionerCNN, Sites
 from .splines import TWO_PI, n_spline_params, spline_forward, spline_inverse
 
 __all__ = ["GaugeEquivariantCoupling", "rect_loops_from_links"]
@@ -44,6 +44,14 @@ def rect_loops_from_links(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     long_0 = t0 + shift(t0, 0) + shift(t1, 0, 2) - shift(t0_up, 0) - t0_up - t1
     long_1 = t0 + t1_right + shift(t1_right, 1) - shift(t0, 1, 2) - shift(t1, 1) - t1
     return long_0, long_1
+
+
+def _active_cosets(L: int, mu: int, k: int) -> list[tuple[int, int, int, int]]:
+    """The active sites of layer (mu, k) (gaugeflow.flows.masks.link_mask) as two strided
+    cosets (row0, col0, row_step, col_step): along mu every 4th site, across every 2nd."""
+    if mu == 0:  # rows run along mu = 0
+        return [(k, 0, 4, 2), ((k + 2) % 4, 1, 4, 2)]
+    return [(0, k, 2, 4), (1, (k + 2) % 4, 2, 4)]
 
 
 class GaugeEquivariantCoupling(nn.Module):
@@ -68,9 +76,10 @@ class GaugeEquivariantCoupling(nn.Module):
         if loops:
             frozen += [masks.frozen_loops_2x1, masks.frozen_loops_1x2]
         # active plaquette P(x) and its link theta_mu(x) share the flat site index
-        self.register_buffer(
-            "active_sites", masks.active.flatten().nonzero().squeeze(1), persistent=False
-        )
+        sites = Sites.from_mask(masks.active, _active_cosets(L, mu, k))
+        self.register_buffer("active_sites", sites.flat, persistent=False)
+        self.register_buffer("_site_order", sites.order, persistent=False)
+        self._cosets = sites.cosets
         self.register_buffer(
             "feature_mask", torch.stack(frozen).to(torch.get_default_dtype()), persistent=False
         )
@@ -96,12 +105,8 @@ class GaugeEquivariantCoupling(nn.Module):
 
     def _spline_params(self, theta: torch.Tensor, plaq: torch.Tensor) -> torch.Tensor:
         """Spline parameters at the active sites, [B, n_active, 3K], in theta's dtype."""
-        out = self.net(self.conditioner_features(theta, plaq))
-        if out.is_contiguous(memory_format=torch.channels_last):
-            # [B, L, L, 3K] is a view: gather the active sites' rows directly
-            out = out.permute(0, 2, 3, 1).flatten(1, 2).index_select(1, self.active_sites)
-        else:
-            out = out.flatten(2).index_select(2, self.active_sites).transpose(1, 2)
+        sites = Sites(self.L, self._cosets, self.active_sites, self._site_order)
+        out = self.net(self.conditioner_features(theta, plaq), sites)
         # under autocast the net may answer in bf16/fp16; the spline runs in theta's dtype
         return out.to(theta.dtype)
 

@@ -1,0 +1,175 @@
+"""Issue 18: the faster conditioner evaluations compute the same training gradients.
+
+The reference here is written out with stock torch (``F.pad(mode='circular')``,
+``F.conv2d``, ``F.leaky_relu`` on the whole lattice, then the active sites read out), not with
+any of gaugeflow's own convolution code, so a change in the optimised paths that alters the
+numbers beyond float64 rounding fails these tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gaugeflow.estimators import get_estimator
+from gaugeflow.flows import UniformPrior, build_flow
+from gaugeflow.flows.coupling import _active_cosets
+from gaugeflow.flows.masks import coupling_masks
+from gaugeflow.flows.nets import ConvOptions, Sites, conv_options, current_options
+from gaugeflow.physics.action import SchwingerAction
+
+SWITCHES = ("active_last", "padded_buffer", "gemm_first", "gemm_last")
+
+
+def reference_net(net: nn.Sequential, features: torch.Tensor, sites: Sites | None = None):
+    """The conditioner as plain torch: circular F.pad, F.conv2d, F.leaky_relu."""
+    x = features
+    for module in net:
+        if isinstance(module, nn.LeakyReLU):
+            x = F.leaky_relu(x, module.negative_slope)
+            continue
+        p = module.padding[0]
+        x = F.conv2d(
+            F.pad(x, (p, p, p, p), mode="circular"),
+            module.weight,
+            module.bias,
+            dilation=module.dilation,
+        )
+    if sites is None:
+        return x
+    return x.flatten(2)[:, :, sites.flat].transpose(1, 2)
+
+
+def small_flow(L: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    flow = build_flow(
+        {"L": L, "n_layers": 8, "hidden_channels": 8, "dtype": "float64", "device": "cpu"}
+    )
+    with torch.no_grad():  # splines far from the identity
+        for layer in flow.layers:
+            layer.net[-1].weight.mul_(3.0)
+            layer.net[-1].bias.mul_(3.0)
+    return flow
+
+
+def step_gradients(flow, estimator: str, L: int, reference: bool):
+    """Loss, logq and the parameter gradients of one training step's loss on fixed inputs."""
+    nets = [layer.net for layer in flow.layers]
+    if reference:
+        for net in nets:
+            net.forward = lambda f, s=None, net=net: reference_net(net, f, s)
+    try:
+        prior = UniformPrior(L, dtype=torch.float64)
+        z = prior.sample(6, torch.Generator().manual_seed(5))
+        action = SchwingerAction(beta=2.0, kappa=0.26, method="eo", assembly="scatter")
+        flow.zero_grad(set_to_none=True)
+        out = get_estimator(estimator)(flow, prior, action.log_prob, z)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in flow.parameters()]
+        return out.loss.detach(), out.logq, grads
+    finally:
+        for net in nets:
+            net.__dict__.pop("forward", None)
+
+
+@pytest.mark.parametrize("estimator", ["reinforce", "rt", "path"])
+@pytest.mark.parametrize("L", [4, 8])
+def test_training_step_gradient_matches_the_plain_torch_conditioner(estimator, L):
+    flow = small_flow(L)
+    assert current_options() == ConvOptions()  # all switches on: the default
+    loss, logq, grads = step_gradients(flow, estimator, L, reference=False)
+    loss_ref, logq_ref, grads_ref = step_gradients(flow, estimator, L, reference=True)
+    torch.testing.assert_close(loss, loss_ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(logq, logq_ref, rtol=0, atol=1e-10)
+    scale = max(g.abs().max().item() for g in grads_ref)
+    assert scale > 1e-3  # the gradient is not trivially zero
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_each_switch_alone_keeps_the_reinforce_gradient(switch):
+    L = 8
+    flow = small_flow(L, seed=1)
+    # gemm_last is the backward of active_last's convolution: it needs that switch too
+    on = {switch, "active_last"} if switch == "gemm_last" else {switch}
+    with conv_options(all=False, **dict.fromkeys(on, True)) as opts:
+        assert [getattr(opts, s) for s in SWITCHES] == [s in on for s in SWITCHES]
+        _, _, grads = step_gradients(flow, "reinforce", L, reference=False)
+    _, _, grads_ref = step_gradients(flow, "reinforce", L, reference=True)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-10)
+    assert current_options() == ConvOptions()  # restored
+
+
+def test_the_switches_change_only_rounding_in_float32():
+    """Same flow in float32: all switches on against all off, forward and gradients."""
+    L = 8
+    flow = small_flow(L, seed=2).float()
+    z = UniformPrior(L).sample(8, torch.Generator().manual_seed(0))
+
+    def run():
+        flow.zero_grad(set_to_none=True)
+        phi, log_det = flow(z)
+        (log_det.sum() + phi.sin().sum()).backward()
+        return [phi.detach(), log_det.detach()] + [p.grad.clone() for p in flow.parameters()]
+
+    new = run()
+    with conv_options(all=False):
+        ref = run()
+    for a, b in zip(new, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("L", [4, 8, 12])
+def test_active_cosets_are_the_active_sites(L):
+    for mu in (0, 1):
+        for k in range(4):
+            active = coupling_masks(L, mu, k).active
+            sites = Sites.from_mask(active, _active_cosets(L, mu, k))
+            assert torch.equal(sites.flat, active.flatten().nonzero().squeeze(1))
+            listed = torch.cat(
+                [
+                    (torch.arange(r0, L, dr)[:, None] * L + torch.arange(c0, L, dc)).flatten()
+                    for r0, c0, dr, dc in sites.cosets
+                ]
+            )
+            assert torch.equal(listed[sites.order], sites.flat)
+
+
+def test_sites_refuse_cosets_that_miss_the_mask():
+    active = coupling_masks(8, 0, 1).active
+    with pytest.raises(ValueError, match="cover"):
+        Sites.from_mask(active, _active_cosets(8, 0, 2))
+    with pytest.raises(ValueError, match="cover"):
+        Sites.from_mask(active, _active_cosets(8, 0, 1)[:1])
+
+
+@pytest.mark.parametrize("padded_buffer", [True, False])
+def test_last_convolution_at_the_sites_matches_the_full_one(padded_buffer):
+    """Both layouts of the padded input (the copy-free tall view and plain slices), with and
+    without grad, against the plain-torch conditioner read out at the active sites."""
+    from gaugeflow.flows import nets
+
+    torch.manual_seed(4)
+    L = 8
+    net = nets.ConditionerCNN(6, 24, hidden_channels=5).double()
+    for mu, k in [(0, 1), (1, 3)]:
+        sites = Sites.from_mask(coupling_masks(L, mu, k).active, _active_cosets(L, mu, k))
+        x = torch.randn(3, 6, L, L, dtype=torch.float64)
+        ref = reference_net(net, x, sites)
+        with conv_options(all=False, active_last=True, padded_buffer=padded_buffer):
+            with torch.no_grad():
+                torch.testing.assert_close(net(x, sites), ref, rtol=0, atol=1e-12)
+            torch.testing.assert_close(net(x, sites), ref, rtol=0, atol=1e-12)
+    padded = nets._leaky_pad_into(torch.randn(2, 3, L, L), 3, 0.01, rows=4)
+    assert nets._coset_view(padded, 1, 1, 4) is not None  # the tall view applies
+    assert nets._coset_view(nets._pad_into(torch.randn(2, 3, L, L), 3), 1, 1, 4) is None
+
+
+def test_conv_options_names_unknown_switches():
+    with pytest.raises(ValueError, match="unknown conv option"):
+        with conv_options(fast=True):
+            pass
