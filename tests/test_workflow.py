@@ -304,6 +304,16 @@ def test_timing_ops_and_memory_jobs_hold_every_core_and_measure_on_the_configure
             assert "slurm_extra=--exclusive" not in b["resources"], b
 
 
+def test_measure_exclusive_false_lets_measurements_share_the_machine(tmp_path):
+    config = bad_config(tmp_path, lambda cfg: cfg["measure"].update(exclusive=False))
+    result = snakemake("-n", "-p", "--cores", "3", "--configfile", str(config), workdir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measures = [b for b in job_blocks(result.stdout + result.stderr) if b["rule"] == "measure"]
+    assert measures
+    for b in measures:
+        assert b.get("threads", "1") == "1" and "--exclusive" not in b["resources"], b
+
+
 @pytest.mark.workflow
 @pytest.mark.slow
 def test_timing_jobs_never_share_the_machine_with_other_jobs(tmp_path):
