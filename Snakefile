@@ -4,6 +4,7 @@
 #   snakemake                                   # default profile: 2 cores, config.yaml
 #   snakemake --configfile config/paper.yaml    # the paper's settings (GPU cluster)
 #   snakemake table3                            # one piece and only what it needs
+#   snakemake all_but_pdf                       # everything but the PDF (no LaTeX needed)
 #
 # The rules hold no science: each calls a `gaugeflow` verb. Stages: workflow/rules/*.smk.
 
@@ -39,3 +40,32 @@ rule all:
         expand("results/figures/{fig}.{ext}", fig=FIGURES, ext=["pdf", "png"]),
         expand("results/tables/{table}.{ext}", table=TABLES, ext=["tex", "csv"]),
     default_target: True
+
+
+# Every figure, table, the provenance stamp and the paper's macros: all but the PDF.
+rule all_but_pdf:
+    input:
+        "results/provenance.json",
+        "results/paper/macros.tex",
+        expand("results/figures/{fig}.{ext}", fig=FIGURES, ext=["pdf", "png"]),
+        expand("results/tables/{table}.{ext}", table=TABLES, ext=["tex", "csv"]),
+
+
+# Without LaTeX, say so before the first job, not only when the last one (the PDF) fails.
+onstart:
+    from snakemake.logging import logger
+
+    _latexmk = os.environ.get("GAUGEFLOW_LATEXMK", "latexmk")
+    if not (shutil.which(_latexmk) and shutil.which("pdflatex")):
+        try:
+            _wants_pdf = any(job.rule.name == "paper" for job in workflow.dag.needrun_jobs())
+        except Exception:  # Snakemake internals changed: warn anyway
+            _wants_pdf = True
+        if _wants_pdf:
+            logger.warning(
+                f"WARNING: {_latexmk} or pdflatex not found: every job runs, but the last one "
+                "(results/paper.pdf) will fail. Install LaTeX first (sudo apt-get install -y "
+                "--no-install-recommends texlive-latex-base texlive-latex-recommended "
+                "texlive-science latexmk), or build all but the PDF: snakemake all_but_pdf "
+                "(make figures)."
+            )

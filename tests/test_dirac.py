@@ -77,8 +77,9 @@ def _theta(generator: torch.Generator, batch: int, L: int, dtype=torch.float64) 
 # --- the matrix ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("assembly", dirac.ASSEMBLIES)
-@pytest.mark.parametrize("L", [2, 3, 4])
+@pytest.mark.parametrize(
+    ("assembly", "L"), [("scatter", 2), ("scatter", 3), ("scatter", 4), ("loop", 3), ("loop", 4)]
+)
 def test_dirac_matrix_matches_site_by_site_reference(generator, assembly, L):
     theta = _theta(generator, 2, L)
     D = dirac.dirac_matrix(theta, 0.27, assembly=assembly)
@@ -90,13 +91,46 @@ def test_dirac_matrix_matches_site_by_site_reference(generator, assembly, L):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("L", [2, 4, 6])
+@pytest.mark.parametrize("L", [3, 4, 6])
 def test_loop_and_scatter_assemblies_are_identical(generator, dtype, L):
     theta = _theta(generator, 3, L, dtype)
     loop = dirac.dirac_matrix(theta, 0.276, assembly="loop")
     scatter = dirac.dirac_matrix(theta, 0.276, assembly="scatter")
     assert loop.dtype == scatter.dtype == dirac.complex_dtype(theta)
     assert torch.equal(loop, scatter), (loop - scatter).abs().max()
+
+
+@pytest.mark.parametrize("L", [4, 8])
+def test_loop_log_det_and_gradient_equal_the_scatter_ones_in_float64(generator, L):
+    """The paper's path (loop, full D) and ours (scatter, even-odd) give one action."""
+    theta = _theta(generator, 3, L).requires_grad_(True)
+    loop = dirac.fermion_action(theta, 0.276, assembly="loop")
+    (g_loop,) = torch.autograd.grad(loop.sum(), theta)
+    fast = dirac.fermion_action(theta, 0.276, assembly="scatter")
+    (g_fast,) = torch.autograd.grad(fast.sum(), theta)
+    reference = [
+        -2 * np.linalg.slogdet(reference_dirac(t, 0.276))[1] for t in theta.detach().numpy()
+    ]
+    np.testing.assert_allclose(loop.detach(), reference, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(loop.detach(), fast.detach(), rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(g_loop, g_fast, rtol=1e-9, atol=1e-10)
+
+
+def test_loop_is_the_papers_method_as_a_whole(generator):
+    """loop implies the determinant of the full D; loop with even-odd is refused."""
+    assert dirac.resolve_method(None, "loop") == "full"
+    assert dirac.resolve_method(None, "scatter") == "eo"
+    assert SchwingerAction(2.0, 0.276, assembly="loop").method == "full"
+    assert SchwingerAction(2.0, 0.276).method == "eo"
+    theta = _theta(generator, 1, 4)
+    with pytest.raises(ValueError, match="assembly 'loop' is the paper's implementation"):
+        dirac.fermion_action(theta, 0.276, method="eo", assembly="loop")
+    with pytest.raises(ValueError, match="method 'full'"):
+        SchwingerAction(2.0, 0.276, method="eo", assembly="loop")
+    with pytest.raises(ValueError, match="assembly 'loop'"):
+        dirac.schur_complement(theta, 0.276, assembly="loop")
+    with pytest.raises(ValueError, match="needs L >= 3"):
+        dirac.dirac_matrix(_theta(generator, 1, 2), 0.276, assembly="loop")
 
 
 @pytest.mark.parametrize("method", dirac.METHODS)
@@ -150,32 +184,33 @@ def test_schur_complement_equals_dense_block_product(generator, L):
     parity = np.array([(x0 + x1) % 2 for x0 in range(L) for x1 in range(L)])
     even = np.flatnonzero(np.repeat(parity == 0, 2))
     odd = np.flatnonzero(np.repeat(parity == 1, 2))
-    for assembly in dirac.ASSEMBLIES:
-        S = dirac.schur_complement(theta, 0.3, assembly=assembly)
-        for b in range(2):
-            D = reference_dirac(theta[b].numpy(), 0.3)
-            np.testing.assert_allclose(D[np.ix_(even, even)], np.eye(even.size), atol=0)
-            expected = np.eye(odd.size) - D[np.ix_(odd, even)] @ D[np.ix_(even, odd)]
-            np.testing.assert_allclose(S[b].numpy(), expected, atol=1e-14)
+    S = dirac.schur_complement(theta, 0.3)
+    for b in range(2):
+        D = reference_dirac(theta[b].numpy(), 0.3)
+        np.testing.assert_allclose(D[np.ix_(even, even)], np.eye(even.size), atol=0)
+        expected = np.eye(odd.size) - D[np.ix_(odd, even)] @ D[np.ix_(even, odd)]
+        np.testing.assert_allclose(S[b].numpy(), expected, atol=1e-14)
 
 
-@pytest.mark.parametrize("assembly", dirac.ASSEMBLIES)
 @pytest.mark.parametrize("L", [2, 4, 6])
-def test_even_odd_action_equals_full_action_and_numpy(generator, L, assembly):
+def test_even_odd_action_equals_full_action_and_numpy(generator, L):
     theta = _theta(generator, 3, L)
-    eo = dirac.fermion_action(theta, 0.276, method="eo", assembly=assembly)
-    full = dirac.fermion_action(theta, 0.276, method="full", assembly=assembly)
+    eo = dirac.fermion_action(theta, 0.276, method="eo")
+    full = dirac.fermion_action(theta, 0.276, method="full")
     reference = [-2 * np.linalg.slogdet(reference_dirac(t, 0.276))[1] for t in theta.numpy()]
     np.testing.assert_allclose(eo, reference, atol=1e-10)
     np.testing.assert_allclose(full, reference, atol=1e-10)
+    if L >= 3:
+        loop = dirac.fermion_action(theta, 0.276, assembly="loop")
+        np.testing.assert_allclose(loop, reference, atol=1e-10)
 
 
 # --- gradients and graph size ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "assembly"), [("eo", "scatter"), ("full", "loop")])
-def test_fermion_action_gradient_matches_finite_differences(generator, method, assembly):
-    theta = _theta(generator, 2, 2).requires_grad_(True)
+@pytest.mark.parametrize(("method", "assembly", "L"), [("eo", "scatter", 2), ("full", "loop", 3)])
+def test_fermion_action_gradient_matches_finite_differences(generator, method, assembly, L):
+    theta = _theta(generator, 2, L).requires_grad_(True)
     assert torch.autograd.gradcheck(
         lambda t: dirac.fermion_action(t, 0.276, method=method, assembly=assembly), (theta,)
     )
@@ -192,6 +227,36 @@ def test_scatter_graph_is_constant_and_loop_graph_grows_with_the_volume():
     # four hops per site: the loop graph adds a fixed number of nodes per block
     growth = nodes(6, "loop") - nodes(4, "loop")
     assert growth > 0 and growth % (4 * (36 - 16)) == 0, growth
+
+
+def _node_types(out: torch.Tensor) -> dict[str, int]:
+    seen, counts, stack = set(), {}, [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        counts[type(fn).__name__] = counts.get(type(fn).__name__, 0) + 1
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return counts
+
+
+def test_loop_graph_has_the_papers_structure_per_site():
+    """Per site: four block assignments (CopySlices, as in the paper's code) and the same
+    number of nodes at every L (nodes = c L^2 + b exactly); one determinant of the full D."""
+
+    def types(L: int) -> dict[str, int]:
+        theta = torch.zeros(1, 2, L, L, requires_grad=True)
+        return _node_types(dirac.fermion_action(theta, 0.2, assembly="loop").sum())
+
+    t4, t8, t12 = types(4), types(8), types(12)
+    for L, t in ((4, t4), (8, t8), (12, t12)):
+        assert t["CopySlices"] == 4 * L * L, (L, t)
+        assert t["_SlogdetCPUBackward"] == 1
+        assert "IndexBackward0" not in t and "BmmBackward0" not in t  # no even-odd slicing
+    per_site = (sum(t8.values()) - sum(t4.values())) // (64 - 16)
+    assert sum(t12.values()) - sum(t8.values()) == per_site * (144 - 64)
+    assert 30 <= per_site <= 44, per_site  # the paper: 36 per site
 
 
 # --- the action ------------------------------------------------------------------------------
@@ -337,3 +402,14 @@ def test_measure_factorises_each_configuration_exactly_once(monkeypatch, method)
     out = observables.measure(theta, beta=2.0, kappa=0.276, method=method)
     assert sum(factorised) == 5
     assert torch.isfinite(out["condensate"]).all()
+
+
+def test_training_config_takes_loop_as_the_papers_implementation():
+    from gaugeflow.errors import UserError
+    from gaugeflow.training import make_config
+
+    assert make_config({"assembly": "loop"})["action_method"] == "full"
+    assert make_config({})["action_method"] == "eo"
+    assert make_config({"assembly": "scatter", "action_method": "full"})["action_method"] == "full"
+    with pytest.raises(UserError, match="'action_method' must be 'full'"):
+        make_config({"assembly": "loop", "action_method": "eo"})

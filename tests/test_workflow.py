@@ -257,4 +257,124 @@ def test_tiny_config_end_to_end_builds_every_figure_table_and_the_paper(tmp_path
     assert no_latex.returncode != 0
     message = no_latex.stdout + no_latex.stderr
     assert "apt-get install -y --no-install-recommends texlive-latex-base" in message
+    # ... and said so before the job ran, with the way to everything but the PDF
+    warning = message.find("latexmk-not-installed or pdflatex not found")
+    assert 0 <= warning < message.find("rule paper:"), message[-3000:]
+    assert "snakemake all_but_pdf" in message
     assert (results / "tables" / "table5.tex").is_file()  # nothing else was redone or removed
+
+
+# --- measurements run alone (issue 16) ---------------------------------------------------
+
+MEASURE_ALONE = ("timing", "ops", "memory")
+
+
+def job_blocks(text: str) -> list[dict[str, str]]:
+    """The job blocks Snakemake prints (dry run or real run): rule, jobid, wildcards,
+    threads, shell command, and the position of the block in the output."""
+    blocks = []
+    for m in re.finditer(r"^(?:local)?(?:rule|checkpoint) (\w+):\n((?:    .*\n)+)", text, re.M):
+        fields = dict(re.findall(r"^    (\w+): (.*)$", m.group(2), re.M))
+        fields["rule"], fields["pos"] = m.group(1), m.start()
+        shell = re.match(r"Shell command: (.*)", text[m.end() :])
+        fields["shell"] = shell.group(1) if shell else ""
+        blocks.append(fields)
+    return blocks
+
+
+def test_timing_ops_and_memory_jobs_hold_every_core_and_measure_on_the_configured_threads(
+    tmp_path,
+):
+    result = snakemake(
+        "-n", "-p", "--cores", "3", "--configfile", "config/tiny.yaml", workdir=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    measures = [b for b in job_blocks(result.stdout + result.stderr) if b["rule"] == "measure"]
+    kinds = {re.search(r"kind=(\w+)", b["wildcards"]).group(1) for b in measures}
+    assert kinds == {"timing", "dag", "ops", "memory"}
+    for b in measures:
+        kind = re.search(r"kind=(\w+)", b["wildcards"]).group(1)
+        # the measurement itself: resources.measure.threads of config/tiny.yaml
+        assert " --threads 1 " in b["shell"], b["shell"]
+        if kind in MEASURE_ALONE:  # all 3 cores held: the scheduler can start nothing beside
+            assert b.get("threads") == "3", b
+            assert "slurm_extra=--exclusive" in b["resources"], b
+        else:  # graph sizes do not depend on the load
+            assert b.get("threads", "1") == "1", b
+            assert "slurm_extra=--exclusive" not in b["resources"], b
+
+
+def test_measure_exclusive_false_lets_measurements_share_the_machine(tmp_path):
+    config = bad_config(tmp_path, lambda cfg: cfg["measure"].update(exclusive=False))
+    result = snakemake("-n", "-p", "--cores", "3", "--configfile", str(config), workdir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measures = [b for b in job_blocks(result.stdout + result.stderr) if b["rule"] == "measure"]
+    assert measures
+    for b in measures:
+        assert b.get("threads", "1") == "1" and "--exclusive" not in b["resources"], b
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_timing_jobs_never_share_the_machine_with_other_jobs(tmp_path):
+    """A real run of Tables 1 and 3 of config/tiny.yaml on 2 cores: while a timing job runs,
+    no other job runs; the dag jobs (not exclusive) do run two at a time."""
+    run = snakemake(
+        "table1", "table3", "--cores", "2", "--configfile", "config/tiny.yaml",
+        workdir=tmp_path, timeout=1200,
+    )  # fmt: skip
+    text = run.stdout + run.stderr
+    assert run.returncode == 0, text[-4000:]
+    events = [(b["pos"], "start", b) for b in job_blocks(text) if "jobid" in b]
+    for m in re.finditer(r"^Finished job(?:id:)? (\d+)", text, re.M):
+        events.append((m.start(), "end", m.group(1)))
+    running: dict[str, bool] = {}  # jobid -> must run alone
+    overlaps = timing_jobs = 0
+    for _, what, item in sorted(events, key=lambda e: e[0]):
+        if what == "end":
+            running.pop(item, None)
+            continue
+        kind = re.search(r"kind=(\w+)", item.get("wildcards", ""))
+        alone = bool(kind) and kind.group(1) in MEASURE_ALONE
+        timing_jobs += alone
+        assert not alone or not running, f"job {item['jobid']} started beside {running}"
+        assert not any(running.values()), f"job {item['jobid']} started beside a timing job"
+        overlaps += bool(running)
+        running[item["jobid"]] = alone
+    measure = yaml.safe_load((REPO / "config/tiny.yaml").read_text())["measure"]
+    assert timing_jobs == len(measure["table1"]) * len(measure["variants"]), timing_jobs
+    assert overlaps > 0, "no two jobs ever ran together: the check above proves nothing"
+
+
+# --- no LaTeX: said within seconds, with the way to all but the PDF (issue 16) -----------
+
+
+def test_all_but_pdf_plans_every_figure_and_table_but_no_latex(tmp_path):
+    result = snakemake(
+        "all_but_pdf", "-n", "--cores", "2", "--configfile", "config/tiny.yaml", workdir=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = {b["rule"] for b in job_blocks(result.stdout + result.stderr)}
+    assert {"provenance", "macros", "measure", "train", "table1", "fig2"} <= jobs, jobs
+    assert "paper" not in jobs
+
+
+def test_make_paper_without_latex_stops_before_any_job_and_names_make_figures():
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    run = subprocess.run(
+        ["make", "--no-print-directory", "latex", "LATEX_INSTALL=no"],
+        cwd=REPO,
+        env=dict(os.environ, GAUGEFLOW_LATEXMK="latexmk-not-installed"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "make figures" in run.stderr and "apt-get install" in run.stderr, run.stderr
+    # the check comes first: `make paper` runs it before the set-up and any job
+    dry = subprocess.run(
+        ["make", "-n", "paper"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert dry.returncode == 0
+    assert dry.stdout.find("command -v") < dry.stdout.find("snakemake --cores"), dry.stdout

@@ -401,3 +401,41 @@ def macro_settings():
         "groups": groups,
     }
     return json.dumps(settings, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------
+# measurements that run alone (measure.smk; README, "Workflow")
+
+MEASURE_ALONE = ("timing", "ops", "memory")
+
+
+def measure_alone(kind):
+    return config["measure"]["exclusive"] and kind in MEASURE_ALONE
+
+
+def _local_cores():
+    """--cores of a local run (None when jobs go to a cluster or no core count is set)."""
+    if not workflow.local_exec:
+        return None
+    try:
+        return workflow.cores
+    except WorkflowError:  # no --cores given
+        return None
+
+
+def measure_torch_threads(wildcards):
+    """Threads the measurement runs on: resources.measure.threads, capped (as Snakemake caps
+    `threads`) at the cores of a local run."""
+    threads = res("measure", "threads")
+    return threads if _local_cores() is None else min(threads, _local_cores())
+
+
+def measure_job_threads(wildcards):
+    """Cores the job holds: all of a local run's for a measurement that must run alone."""
+    if measure_alone(wildcards.kind) and _local_cores() is not None:
+        return _local_cores()
+    return res("measure", "threads")
+
+
+def measure_slurm_extra(wildcards):
+    return "--exclusive" if measure_alone(wildcards.kind) else ""

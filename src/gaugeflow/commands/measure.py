@@ -101,13 +101,15 @@ def _common_parser() -> argparse.ArgumentParser:
         "--assembly",
         choices=list(ASSEMBLIES),
         default="scatter",
-        help="Dirac-matrix assembly: loop (the paper's) or scatter (default)",
+        help="Dirac-matrix assembly: loop (the paper's implementation: per-site block "
+        "assignment, determinant of the full D) or scatter (default)",
     )
     p.add_argument(
         "--action-method",
         choices=list(ACTION_METHODS),
-        default="eo",
-        help="determinant of the even-odd Schur complement (default) or of D",
+        default=None,
+        help="determinant of the even-odd Schur complement or of D (default: eo for "
+        "scatter, full for loop, the paper's implementation; loop with eo is an error)",
     )
     p.add_argument("--amp", action="store_true", help="mixed precision as in training")
     p.add_argument(

@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float64", help="float32 | float64 (default float64)")
     p.add_argument("--assembly", choices=ASSEMBLIES, default="scatter")
     p.add_argument(
-        "--method", choices=ACTION_METHODS, default="eo", help="determinant (default eo)"
+        "--method",
+        choices=ACTION_METHODS,
+        help="determinant (default: eo for scatter, full for loop, the paper's implementation)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     p.add_argument(
@@ -65,12 +67,13 @@ def run_observables(args: argparse.Namespace) -> int:
     import torch
 
     from ..physics.action import check_beta
-    from ..physics.dirac import check_kappa
+    from ..physics.dirac import check_kappa, resolve_method
     from ..physics.observables import OBSERVABLES, measure
 
     try:
         check_beta(args.beta)
         check_kappa(args.kappa)
+        args.method = resolve_method(args.method, args.assembly)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     configure_threads()
@@ -78,10 +81,12 @@ def run_observables(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     theta = _load_theta(args.input)
     L = theta.shape[-1]
-    if L < 2 or (args.method == "eo" and L % 2):
+    if L < 2 or (args.method == "eo" and L % 2) or (args.assembly == "loop" and L < 3):
         need = "an even L >= 2" if args.method == "eo" else "L >= 2"
+        need = "L >= 3" if args.assembly == "loop" else need
         raise UserError(
-            f"configuration file {args.input}: method {args.method} needs {need}; L = {L}"
+            f"configuration file {args.input}: method {args.method} with assembly "
+            f"{args.assembly} needs {need}; L = {L}"
         )
     results: dict[str, list[np.ndarray]] = {key: [] for key in OBSERVABLES}
     for start in range(0, theta.shape[0], args.batch_size):

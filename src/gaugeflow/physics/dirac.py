@@ -7,9 +7,14 @@ in space (mu = 1), antiperiodic in time (mu = 0): a hop that wraps around in x0 
 Row index x, column index y, fermion index ``2 * (x0 * L + x1) + spin``. float32 angles give
 complex64 matrices, float64 angles complex128.
 
-Two assemblies build the same matrix bit for bit: ``loop`` places one 2x2 block per site and
-hop in a preallocated matrix, as the paper's code does (its autograd graph grows like L^2),
-``scatter`` places all blocks in one vectorised call (a graph of constant size).
+Two assemblies build the same matrix bit for bit. ``scatter`` (ours, the default) computes
+all blocks at once and places them in one vectorised call (an autograd graph of constant
+size). ``loop`` is the paper's implementation (arXiv:2308.13294, Sec. 5 and 6.1): site by
+site and hop by hop it computes the block from that site's link angle and *assigns* it into a
+dense matrix, so its graph grows like L^2 (a fixed number of nodes per site, four of them
+CopySlices, whose backward each copies the whole gradient of D); its determinant is that of
+the full D. The even-odd method is ours and does not apply to ``loop``: the method defaults
+to "full" for ``loop`` and "eo" for ``scatter``, and asking for loop with "eo" is an error.
 
 Even-odd: hops join sites of opposite parity (x0 + x1) % 2, so in even-odd order
 D = [[1, D_eo], [D_oe, 1]] and det D = det S with the odd-odd Schur complement
@@ -23,12 +28,15 @@ from functools import lru_cache
 
 import torch
 
+from .. import choices
 from . import linalg
 from .u1 import check_theta, shift
 
 __all__ = [
     "ASSEMBLIES",
     "METHODS",
+    "DEFAULT_METHOD",
+    "resolve_method",
     "PAULI",
     "check_kappa",
     "complex_dtype",
@@ -41,8 +49,10 @@ __all__ = [
     "fermion_action",
 ]
 
-ASSEMBLIES = ("scatter", "loop")
-METHODS = ("eo", "full")
+ASSEMBLIES = choices.ASSEMBLIES
+METHODS = choices.ACTION_METHODS
+#: the determinant each assembly takes when no method is named: the paper's (loop) is of D
+DEFAULT_METHOD = {"scatter": "eo", "loop": "full"}
 
 #: sigma_x, sigma_y, sigma_z
 PAULI = (
@@ -68,6 +78,25 @@ def _check_choice(value: str, choices: tuple[str, ...], name: str) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}; got {value!r}")
     return value
+
+
+def resolve_method(method: str | None, assembly: str) -> str:
+    """The action method for `assembly`: `method`, or the assembly's default when None.
+
+    The loop assembly stands for the paper's implementation as a whole (per-site block
+    assignment and the determinant of the full D), so "eo" with "loop" is a ValueError.
+    """
+    _check_choice(assembly, ASSEMBLIES, "assembly")
+    if method is None:
+        return DEFAULT_METHOD[assembly]
+    _check_choice(method, METHODS, "method")
+    if assembly == "loop" and method != "full":
+        raise ValueError(
+            f"assembly 'loop' is the paper's implementation and takes the determinant of the "
+            f"full D: use method 'full' (or none) with it; method {method!r} needs assembly "
+            "'scatter'"
+        )
+    return method
 
 
 def complex_dtype(theta: torch.Tensor) -> torch.dtype:
@@ -169,14 +198,46 @@ def _scatter_blocks(
     return base.scatter_add_(1, index, blocks.reshape(batch, -1)).reshape(batch, n, n)
 
 
-def _loop_assembly(blocks: torch.Tensor, L: int, dtype: torch.dtype) -> torch.Tensor:
+def _loop_assembly(theta: torch.Tensor, kappa: float) -> torch.Tensor:
+    """The paper's assembly: per site and hop, the block from that site's angle, assigned.
+
+    Each block is computed exactly as `hop_blocks` computes it (so the matrix equals the
+    scatter one bit for bit), but from one selected angle at a time, and written with an
+    assignment into a dense identity: 4 L^2 in-place copies (CopySlices) in the graph.
+    """
+    L = theta.shape[-1]
+    if L < 3:
+        raise ValueError(
+            f"the loop assembly assigns each block once and needs L >= 3 (at L = {L} the "
+            "forward and backward hops share a block); use assembly 'scatter'"
+        )
     n = 2 * L * L
-    D = torch.eye(n, dtype=dtype, device=blocks.device).repeat(blocks.shape[0], 1, 1)
-    table = _neighbour_table(L)
-    for x in range(L * L):
-        for k in range(len(_HOPS)):
-            y = table[k][x]
-            D[:, 2 * x : 2 * x + 2, 2 * y : 2 * y + 2] += blocks[:, k, x]
+    cdtype = complex_dtype(theta)
+    eye = torch.eye(2, dtype=cdtype)
+    spin = [
+        (-kappa * (eye - torch.tensor(PAULI[mu], dtype=cdtype) * (1 if d == 0 else -1))).to(
+            theta.device
+        )
+        for mu, d in _HOPS
+    ]
+    D = torch.eye(n, dtype=cdtype, device=theta.device).repeat(theta.shape[0], 1, 1)
+    for x0 in range(L):
+        for x1 in range(L):
+            x = x0 * L + x1
+            for k, (mu, d) in enumerate(_HOPS):
+                y = [x0, x1]
+                y[mu] = (y[mu] + (1 if d == 0 else -1)) % L
+                if d == 0:  # forward hop: U_mu(x)
+                    angle = theta[:, mu, x0, x1]
+                    wraps = mu == 0 and x0 == L - 1
+                else:  # backward hop: U_mu(x - mu)^*
+                    angle = -theta[:, mu, y[0], y[1]]
+                    wraps = mu == 0 and x0 == 0
+                phase = torch.complex(torch.cos(angle), torch.sin(angle))
+                if mu == 0:  # antiperiodic in time (the paper multiplies every time hop)
+                    phase = phase * (-1.0 if wraps else 1.0)
+                col = 2 * (y[0] * L + y[1])
+                D[:, 2 * x : 2 * x + 2, col : col + 2] = phase.reshape(-1, 1, 1) * spin[k]
     return D
 
 
@@ -184,15 +245,10 @@ def dirac_matrix(theta: torch.Tensor, kappa: float, assembly: str = "scatter") -
     """The Wilson-Dirac matrix D, complex [B, 2V, 2V]; differentiable in theta."""
     _check_choice(assembly, ASSEMBLIES, "assembly")
     L, kappa = _check_dirac_input(theta, kappa)
-    blocks = hop_blocks(theta, kappa)
-    cdtype = blocks.dtype
     if assembly == "loop":
-        return _loop_assembly(blocks, L, cdtype)
-    return _scatter_blocks(blocks, _scatter_index(L), 2 * L * L, cdtype)
-
-
-def _spin_index(sites: torch.Tensor) -> torch.Tensor:
-    return (2 * sites[:, None] + torch.arange(2, device=sites.device)).reshape(-1)
+        return _loop_assembly(theta, kappa)
+    blocks = hop_blocks(theta, kappa)
+    return _scatter_blocks(blocks, _scatter_index(L), 2 * L * L, blocks.dtype)
 
 
 @lru_cache(maxsize=64)
@@ -222,19 +278,13 @@ def schur_complement(theta: torch.Tensor, kappa: float, assembly: str = "scatter
     """S = 1 - D_oe D_eo on the odd sites, complex [B, V, V]; det S = det D.
 
     Index ``2 * r + spin`` with r the rank of the odd site among odd sites (increasing site
-    index). ``scatter`` builds S directly from the 16 two-hop paths out of each odd site (no
-    dense product); ``loop`` slices the blocks of the loop-assembled D and multiplies them.
+    index). Built directly from the 16 two-hop paths out of each odd site (no dense
+    product). Only for assembly "scatter": the even-odd method is not the paper's, and the
+    loop assembly (the paper's implementation) takes the determinant of the full D.
     """
-    _check_choice(assembly, ASSEMBLIES, "assembly")
+    resolve_method("eo", assembly)
     L, kappa = _check_dirac_input(theta, kappa)
     _check_even(L)
-    if assembly == "loop":
-        D = dirac_matrix(theta, kappa, assembly="loop")
-        even, odd = (_spin_index(s) for s in parity_sites(L, theta.device))
-        D_oe = D[:, odd][:, :, even]
-        D_eo = D[:, even][:, :, odd]
-        eye = torch.eye(odd.numel(), dtype=D.dtype, device=D.device)
-        return eye - D_oe @ D_eo
     blocks = hop_blocks(theta, kappa)  # [B, 4, V, 2, 2]
     odd, mid, index = _schur_index(L)
     odd, mid = odd.to(theta.device), mid.to(theta.device)
@@ -245,17 +295,20 @@ def schur_complement(theta: torch.Tensor, kappa: float, assembly: str = "scatter
 
 
 def fermion_matrix(
-    theta: torch.Tensor, kappa: float, method: str = "eo", assembly: str = "scatter"
+    theta: torch.Tensor, kappa: float, method: str | None = None, assembly: str = "scatter"
 ) -> torch.Tensor:
-    """The matrix whose determinant is det D: D itself ("full") or its Schur complement ("eo")."""
-    _check_choice(method, METHODS, "method")
+    """The matrix whose determinant is det D: D itself ("full") or its Schur complement ("eo").
+
+    `method` None is the assembly's own (`DEFAULT_METHOD`): "eo" for scatter, "full" for loop.
+    """
+    method = resolve_method(method, assembly)
     if method == "full":
         return dirac_matrix(theta, kappa, assembly)
     return schur_complement(theta, kappa, assembly)
 
 
 def fermion_action(
-    theta: torch.Tensor, kappa: float, method: str = "eo", assembly: str = "scatter"
+    theta: torch.Tensor, kappa: float, method: str | None = None, assembly: str = "scatter"
 ) -> torch.Tensor:
     """-log det D^+ D = -2 log|det D| per configuration, real [B]; differentiable in theta."""
     _, logabsdet = linalg.slogdet(fermion_matrix(theta, kappa, method, assembly))

@@ -6,7 +6,7 @@ import torch
 
 from . import linalg
 from .action import check_beta
-from .dirac import check_kappa, fermion_matrix
+from .dirac import check_kappa, fermion_matrix, resolve_method
 from .u1 import check_theta, gauge_action, mean_plaquette, topological_charge
 
 __all__ = ["OBSERVABLES", "measure"]
@@ -27,7 +27,7 @@ def measure(
     theta: torch.Tensor,
     beta: float,
     kappa: float,
-    method: str = "eo",
+    method: str | None = None,
     assembly: str = "scatter",
 ) -> dict[str, torch.Tensor]:
     """Observables per configuration, each a real tensor [B] of theta's dtype; no gradient.
@@ -42,6 +42,7 @@ def measure(
     """
     L = check_theta(theta)
     beta, kappa = check_beta(beta), check_kappa(kappa)
+    method = resolve_method(method, assembly)  # None: eo for scatter, full for loop
     volume = L * L
     with torch.no_grad():
         theta = theta.detach()

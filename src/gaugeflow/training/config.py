@@ -10,6 +10,7 @@ import torch
 
 from .. import choices
 from ..errors import UserError
+from ..physics.dirac import DEFAULT_METHOD
 from ..runtime import resolve_dtype
 
 __all__ = [
@@ -29,8 +30,10 @@ DEFAULTS: dict[str, Any] = {
     "L": 8,
     "beta": 2.0,
     "kappa": 0.276,
-    "action_method": "eo",  # eo | full: determinant of the even-odd Schur complement or of D
-    "assembly": "scatter",  # scatter | loop: how D is built (loop reproduces the paper's graph)
+    # eo | full: determinant of the even-odd Schur complement or of D; None: the assembly's
+    # own (scatter: eo; loop, the paper's implementation: full; loop with eo is an error)
+    "action_method": None,
+    "assembly": "scatter",  # scatter | loop: how D is built (loop is the paper's implementation)
     # estimator and optimisation
     "estimator": "reinforce",
     "steps": 1000,
@@ -113,11 +116,19 @@ def _is_int(value: Any) -> bool:
 
 
 def _validate(config: dict[str, Any]) -> None:
+    if config["action_method"] is None and config["assembly"] in _CHOICES["assembly"]:
+        config["action_method"] = DEFAULT_METHOD[config["assembly"]]
     for key, allowed in _CHOICES.items():
         if config[key] not in allowed:
             raise UserError(
                 f"config key {key!r} must be one of {list(allowed)}; got {config[key]!r}"
             )
+    if config["assembly"] == "loop" and config["action_method"] != "full":
+        raise UserError(
+            "config key 'action_method' must be 'full' (or unset) with assembly 'loop': the loop "
+            "assembly is the paper's implementation, which takes the determinant of the full D; "
+            f"got action_method {config['action_method']!r} (eo needs assembly 'scatter')"
+        )
     for key in ("L", "steps", "batch_size", "n_batches", "checkpoint_every", "log_every"):
         value = config[key]
         if not _is_int(value) or value < 1:
