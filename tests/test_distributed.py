@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import signal
 import socket
@@ -311,3 +312,99 @@ def test_launcher_names_a_killed_rank(tmp_path):
     out, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == 1, out + err
     assert "gaugeflow train: error: rank" in err and "killed by signal 9" in err, err
+
+
+# --------------------------------------------------------------------------------------------
+# workflow: what the train rule asks of SLURM (snakemake-executor-plugin-slurm's own sbatch line)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _planned_train_jobs(tmp_path: Path, cfg: dict, fake_srun: bool) -> dict[str, dict]:
+    """group -> {"resources": {...}, "threads": int, "shell": str} of a dry run."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    path = f"{Path(sys.executable).parent}{os.pathsep}{ENV['PATH']}"
+    if fake_srun:  # the check that srun exists runs at parse time; a dry run never calls it
+        (tmp_path / "bin").mkdir()
+        (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
+        (tmp_path / "bin" / "srun").chmod(0o755)
+        path = f"{tmp_path / 'bin'}{os.pathsep}{path}"
+    targets = [f"results/runs/train/{g}/L4-reinforce-fp32-s1/model.pt" for g in ("main", "large")]
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
+         "--directory", str(tmp_path / "wd"), "-n", "-p", "--cores", "8", "--configfile",
+         str(config), "--", *targets],
+        cwd=REPO, env={**ENV, "PATH": path}, capture_output=True, text=True, timeout=WAIT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    jobs = {}
+    for block in done.stdout.split("checkpoint train:")[1:]:
+        group = re.search(r"wildcards: group=(\w+)", block).group(1)
+        resources = {}
+        for item in re.search(r"resources: (.*)", block).group(1).split(", "):
+            key, value = item.split("=", 1)
+            resources[key] = int(value) if value.isdigit() else value
+        jobs[group] = {
+            "resources": resources,
+            "threads": int(re.search(r"threads: (\d+)", block).group(1)),
+            "shell": re.search(r"Shell command: (.*)", block).group(1),
+        }
+    return jobs
+
+
+def _sbatch_line(job: dict) -> str:
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    class Job:
+        resources = Resources(job["resources"])
+        threads = job["threads"]
+
+    params = {"run_uuid": "x", "slurm_logfile": "log", "comment_str": "c", "account": "",
+              "partition": "", "workdir": None}  # fmt: skip
+    return get_submit_command(Job, params) + set_gres_string(Job)
+
+
+@pytest.mark.workflow
+def test_train_rule_asks_slurm_for_the_ranks_gpus_and_nodes(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    cfg = yaml.safe_load((REPO / "config/tiny.yaml").read_text())
+    cfg["device"] = "cuda"
+    cfg["resources"]["train"]["threads"] = 8
+    for group in ("main", "large"):
+        cfg["training"][group].update(estimators=["reinforce"], amp=[False], seeds=[1])
+    cfg["training"]["main"].update(gpus=4, n_batches=4)  # one node, 4 GPUs
+    cfg["training"]["large"].update(gpus=4, nodes=2, n_batches=8)  # two nodes of 4 GPUs
+    jobs = _planned_train_jobs(tmp_path, cfg, fake_srun=True)
+
+    one_node = _sbatch_line(jobs["main"])
+    assert "--gpus=4" in one_node and "--cpus-per-task=8" in one_node
+    assert "--nodes" not in one_node and "--ntasks-per-gpu" not in one_node
+    assert jobs["main"]["shell"].startswith("gaugeflow train ")
+    assert "--nproc 4 --threads 2" in jobs["main"]["shell"]
+
+    two_nodes = _sbatch_line(jobs["large"])
+    for flag in ("--nodes=2", "--ntasks-per-node=4", "--gres=gpu:4", "--cpus-per-task=2"):
+        assert flag in two_nodes, two_nodes
+    assert "--gpus=" not in two_nodes
+    assert jobs["large"]["resources"]["mpi"] == "srun"  # the plugin then adds no srun -n1
+    assert jobs["large"]["shell"].startswith(
+        "srun --nodes=2 --ntasks-per-node=4 --cpus-per-task=2 --gpus-per-node=4 gaugeflow train "
+    )
+    assert "--nproc" not in jobs["large"]["shell"]
+
+    # CPU: ranks on one node share the job's threads; one process unless asked
+    cfg["device"] = "cpu"
+    cfg["training"]["main"].update(cpu_ranks=2, n_batches=2)
+    cfg["training"]["large"].update(nodes=1)
+    (tmp_path / "cpu").mkdir()
+    cpu = _planned_train_jobs(tmp_path / "cpu", cfg, fake_srun=False)
+    line = _sbatch_line(cpu["main"])
+    assert "--ntasks=1" in line and "--cpus-per-task=8" in line and "--gpus" not in line
+    assert "--nproc 2 --threads 4" in cpu["main"]["shell"]
+    assert "--nproc" not in cpu["large"]["shell"] and "srun" not in cpu["large"]["shell"]
+    assert "--ntasks=1" in _sbatch_line(cpu["large"])
