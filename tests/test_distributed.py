@@ -259,6 +259,19 @@ def test_killed_two_rank_run_resumes_exactly_also_in_one_process(tmp_path, refer
 
 
 @pytest.mark.slow
+def test_time_limit_stops_every_rank_at_one_step_and_the_rerun_continues(tmp_path, reference):
+    config, ref = reference
+    run = tmp_path / "run"
+    stopped = subprocess.run(_cmd(config, run, "--nproc", "2", "--time-limit", "0.001"),
+                             env=ENV, capture_output=True, text=True, timeout=WAIT)  # fmt: skip
+    assert stopped.returncode == 75, stopped.stdout + stopped.stderr  # EX_TEMPFAIL, as 1 process
+    assert "train: time_limit at step 1/10" in stopped.stdout
+    assert _latest_checkpoint(run) == 1
+    _train(config, run, "--nproc", "2")
+    _assert_same_run(ref, run, tol=0.0)
+
+
+@pytest.mark.slow
 def test_a_hung_or_killed_rank_fails_the_other_in_bounded_time_and_rerun_resumes(
     tmp_path, reference
 ):
@@ -388,7 +401,8 @@ def test_train_rule_asks_slurm_for_the_ranks_gpus_and_nodes(tmp_path):
     assert "--nproc 4 --threads 2" in jobs["main"]["shell"]
 
     two_nodes = _sbatch_line(jobs["large"])
-    for flag in ("--nodes=2", "--ntasks-per-node=4", "--gres=gpu:4", "--cpus-per-task=2"):
+    for flag in ("--nodes=2", "--ntasks-per-node=4", "--gres=gpu:4", "--ntasks-per-gpu=1",
+                 "--cpus-per-task=2"):  # fmt: skip
         assert flag in two_nodes, two_nodes
     assert "--gpus=" not in two_nodes
     assert jobs["large"]["resources"]["mpi"] == "srun"  # the plugin then adds no srun -n1
@@ -397,9 +411,17 @@ def test_train_rule_asks_slurm_for_the_ranks_gpus_and_nodes(tmp_path):
     )
     assert "--nproc" not in jobs["large"]["shell"]
 
+    # one GPU on each of two nodes: two tasks, one per GPU (not `tasks` tasks per GPU)
+    cfg["training"]["main"].update(gpus=1, nodes=2, n_batches=2)
+    (tmp_path / "one_gpu").mkdir()
+    line = _sbatch_line(_planned_train_jobs(tmp_path / "one_gpu", cfg, fake_srun=True)["main"])
+    for flag in ("--nodes=2", "--ntasks=2", "--gres=gpu:1", "--ntasks-per-gpu=1",
+                 "--cpus-per-task=8"):  # fmt: skip
+        assert flag in line, line
+
     # CPU: ranks on one node share the job's threads; one process unless asked
     cfg["device"] = "cpu"
-    cfg["training"]["main"].update(cpu_ranks=2, n_batches=2)
+    cfg["training"]["main"].update(cpu_ranks=2, nodes=1, n_batches=2)
     cfg["training"]["large"].update(nodes=1)
     (tmp_path / "cpu").mkdir()
     cpu = _planned_train_jobs(tmp_path / "cpu", cfg, fake_srun=False)

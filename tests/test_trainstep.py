@@ -227,13 +227,15 @@ def test_warm_start_refuses_another_architecture(parent):
     assert "n_layers" not in str(info.value)
 
 
-def test_init_from_is_ignored_on_resume(parent, tmp_path):
+def test_init_from_is_ignored_on_resume(parent, tmp_path, capsys):
     cfg = {**TINY, "steps": 4, "checkpoint_every": 2, "init_from": str(parent)}
     train(cfg, tmp_path / "ref")
     train({**cfg, "steps": 2}, tmp_path / "run")
     # resumed: the (now missing) init_from file is not read again, the parent stays recorded
+    capsys.readouterr()
     summary = train({**cfg, "init_from": str(tmp_path / "gone.pt")}, tmp_path / "run")
     assert summary["status"] == "completed" and summary["parent"]["path"] == str(parent)
+    assert "gone.pt is ignored" in capsys.readouterr().err
     a = ModelFile.load(tmp_path / "ref" / "model.pt").state_dict
     b = ModelFile.load(tmp_path / "run" / "model.pt").state_dict
     _assert_same_weights(a, b)
@@ -337,3 +339,47 @@ def test_model_file_errors_on_missing_file_and_newer_format(parent, tmp_path):
     torch.save(blob, tmp_path / "future.pt")
     with pytest.raises(UserError, match="future.pt has format_version"):
         ModelFile.load(tmp_path / "future.pt")
+
+
+def test_cli_time_limit_exits_75_and_rerun_completes(tmp_path, capsys):
+    from gaugeflow.cli import main
+
+    argv = ["train", "--out", str(tmp_path), "--L", "4", "--kappa", "0", "--steps", "2",
+            "--batch-size", "4", "--n-layers", "8", "--hidden", "4", "--device", "cpu",
+            "--no-progress"]  # fmt: skip
+    assert main([*argv, "--time-limit", "1e-9"]) == 75
+    assert "run the same command again" in capsys.readouterr().err
+    assert main([*argv, "--time-limit", "1e-9"]) == 0  # step 2 is the last: completed
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_train_step_uses_given_components():
+    from gaugeflow.training import build_components
+
+    config = make_config(TINY)
+    flow, prior, action = build_components(config, CPU)
+    step = TrainStep(config, CPU, flow=flow, prior=prior, action=action)
+    assert step.flow is flow and step.prior is prior and step.action is action
+    assert step.optimizer.param_groups[0]["params"][0] is next(flow.parameters())
+    with pytest.raises(ValueError, match="together"):
+        TrainStep(config, CPU, flow=flow)
+
+
+def test_checkpointer_prunes_restores_rng_and_refuses_old_checkpoints(tmp_path):
+    from gaugeflow.training import Checkpointer, restore_rng
+
+    ckpt = Checkpointer(tmp_path / "c", keep=2)
+    assert ckpt.latest() is None and ckpt.load() is None and ckpt.latest_step() == 0
+    step = _step()
+    for n in (1, 2, 3):
+        ckpt.save(n, {"wall_time": 0.0, "config": step.config, "train_step": step.state_dict()})
+    assert [p.name for p in ckpt.paths()] == ["ckpt_00000002.pt", "ckpt_00000003.pt"]
+    assert ckpt.latest_step() == 3
+    state = ckpt.load()
+    expected = torch.rand(3)  # the global stream continues from where it was saved
+    restore_rng(state["rng"])
+    assert torch.equal(torch.rand(3), expected)
+    old = {k: v for k, v in state.items() if k != "streams"}
+    torch.save(old, tmp_path / "c" / "ckpt_00000004.pt")
+    with pytest.raises(UserError, match="older gaugeflow"):
+        ckpt.load()

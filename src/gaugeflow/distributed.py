@@ -256,8 +256,9 @@ def launch_local(
     *,
     threads: int = 1,
     run_id: str | None = None,
-) -> None:
-    """Run ``fn(*args)`` in `nproc` local ranks through torch's elastic launcher.
+) -> dict[int, Any]:
+    """Run ``fn(*args)`` in `nproc` local ranks through torch's elastic launcher; return
+    ``{rank: fn's return value}``.
 
     This is what ``torchrun --standalone --nproc-per-node N`` does (a c10d rendezvous on a free
     local port, RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* set for each rank, no restarts): when a rank
@@ -282,7 +283,7 @@ def launch_local(
         start_method="spawn",
     )
     try:
-        elastic_launch(config, fn)(*args)
+        returned = elastic_launch(config, fn)(*args)
     except ChildFailedError as exc:
         failures = sorted(exc.failures.items(), key=lambda item: item[1].timestamp)
         rank, failure = failures[0]
@@ -294,3 +295,4 @@ def launch_local(
         tail = f" (then rank(s) {others})" if others else ""
         raise LaunchFailed(f"rank {rank} of {nproc} {how}{tail}") from None
     sys.stdout.flush()
+    return dict(returned or {})

@@ -149,9 +149,10 @@ def _if_multi_node(value):
 # Resources of the train rule (None drops a key). One node: one SLURM task holds the node's
 # GPUs (gpu=N: sbatch --gpus=N) and threads, and `gaugeflow train --nproc N` starts the ranks
 # in it. Several nodes: one SLURM task per rank (--nodes, --ntasks-per-node (or --ntasks for
-# one rank a node), --gres=gpu:N per node, --cpus-per-task), started by the srun in the
-# rule's shell; `mpi` tells snakemake-executor-plugin-slurm that the shell launches its own
-# tasks (else it wraps the job in `srun -n1`).
+# one rank a node), --gres=gpu:N per node, --ntasks-per-gpu=1, --cpus-per-task), started by
+# the srun in the rule's shell; `mpi` tells snakemake-executor-plugin-slurm that the shell
+# launches its own tasks (else it wraps the job in `srun -n1`). tasks_per_gpu is explicit:
+# without it the plugin would take `tasks` as the tasks per GPU.
 TRAIN_RESOURCES = {
     "gpu": lambda w: (
         0 if config["device"] != "cuda" else None if _multi_node(w) else rank_layout(w)[0]
@@ -162,6 +163,7 @@ TRAIN_RESOURCES = {
     ),
     "tasks_per_node": _if_multi_node(lambda w: rank_layout(w)[0] if rank_layout(w)[0] > 1 else None),
     "tasks": _if_multi_node(lambda w: rank_layout(w)[1] if rank_layout(w)[0] == 1 else None),
+    "tasks_per_gpu": _if_multi_node(lambda w: 1 if config["device"] == "cuda" else None),
     "cpus_per_task": _if_multi_node(_threads_per_rank),
     "mpi": _if_multi_node(lambda w: "srun"),
 }

@@ -18,6 +18,9 @@ from ._args import positive_int
 
 # time_limit counts from here: this module is imported when the CLI starts
 _CLI_START = time.monotonic()
+#: exit status of a run stopped by its time limit (EX_TEMPFAIL: "run it again"), so that a
+#: scheduler (Snakemake's retries, a SLURM requeue) does not take the run for finished
+EXIT_TIME_LIMIT = 75
 
 # flag dest -> training config key (None: handled specially)
 _FLAG_KEYS = {
@@ -99,12 +102,14 @@ def _launch(args: argparse.Namespace) -> int:
 
     check_world(make_config(config_from_args(args)), args.nproc)  # one clear error, not N
     threads = args.threads or max(1, configure_threads() // args.nproc)
-    launch_local(args.nproc, _rank_main, (args,), threads=threads)
-    return 0
+    args.clock_start = _CLI_START  # the time limit counts from this command's start
+    codes = launch_local(args.nproc, _rank_main, (args,), threads=threads)
+    return max(codes.values(), default=0)
 
 
-def _rank_main(args: argparse.Namespace) -> None:
-    """One rank started by `_launch` (a fresh process): errors end it with an exit code."""
+def _rank_main(args: argparse.Namespace) -> int:
+    """One rank started by `_launch` (a fresh process): returns 0 or EXIT_TIME_LIMIT to the
+    launcher; errors end the process with an exit code (the launcher then stops the others)."""
     from ..distributed import RankFailure
 
     try:
@@ -115,8 +120,9 @@ def _rank_main(args: argparse.Namespace) -> None:
     except RankFailure as exc:
         print(f"gaugeflow train: error: {exc}", file=sys.stderr)
         code = 1
-    if code:
+    if code not in (0, EXIT_TIME_LIMIT):
         sys.exit(code)
+    return code
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -144,11 +150,12 @@ def _train(args: argparse.Namespace) -> int:
             checkpoint_dir=args.checkpoint_dir,
             snapshot_dir=args.snapshot_dir,
             progress=args.progress,
-            clock_start=_CLI_START,
+            clock_start=getattr(args, "clock_start", _CLI_START),
             group=group,
         )
+    code = EXIT_TIME_LIMIT if summary["status"] == "time_limit" else 0
     if not group.is_main:
-        return 0
+        return code
     cfg = summary["config"]
     ranks = f", {group.world_size} ranks" if group.is_distributed else ""
     parent = f", from {summary['parent']['path']}" if summary.get("parent") else ""
@@ -158,7 +165,13 @@ def _train(args: argparse.Namespace) -> int:
         f"amp={cfg['amp']}, {summary['n_parameters']} parameters, {summary['device']}, "
         f"{threads} threads{ranks}{parent}) -> {args.out}"
     )
-    return 0
+    if code == EXIT_TIME_LIMIT:
+        print(
+            f"train: stopped by the time limit ({cfg['time_limit']} s); run the same command "
+            f"again to continue to step {cfg['steps']}",
+            file=sys.stderr,
+        )
+    return code
 
 
 def _positive_seconds(text: str) -> float:
@@ -222,7 +235,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_positive_seconds,
         metavar="SECONDS",
         help="stop after the step that crosses this wall-clock limit (from the start of this "
-        "command), with a checkpoint, model.pt and status time_limit; rerun to continue",
+        "command), with a checkpoint, model.pt and status time_limit, and exit with status "
+        f"{EXIT_TIME_LIMIT}; rerun to continue",
     )
     dp = p.add_argument_group(
         "data parallel",

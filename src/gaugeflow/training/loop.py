@@ -24,7 +24,7 @@ from .. import __version__
 from ..distributed import Group
 from ..errors import UserError
 from ..io import write_json
-from ..modelfile import ModelFile
+from ..modelfile import ModelFile, file_sha256
 from ..runtime import resolve_device, seed_everything
 from .checkpoint import Checkpointer, MetricsLog, restore_rng
 from .config import action_params, make_config
@@ -49,11 +49,11 @@ def warm_start(flow: torch.nn.Module, path: str | Path) -> dict[str, str]:
     parent = ModelFile.load(path)
     diff = parent.architecture_differences(flow.config)
     if diff:
-        mine, theirs = parent.flow_config, flow.config
-        details = ", ".join(f"{k}: {mine.get(k)!r} there, {theirs.get(k)!r} here" for k in diff)
+        theirs, mine = parent.flow_config, flow.config
+        details = "; ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in diff)
         raise UserError(
-            f"init_from {path}: the flow architecture differs in keys {diff} ({details}); "
-            "only L may differ"
+            f"init_from {path}: its flow architecture differs from this run's in keys {diff} "
+            f"({details}); only L (and dtype, device) may differ"
         )
     parent.load_weights_into(flow)
     return parent.parent_record()
@@ -76,13 +76,26 @@ def _resume_or_init(step: TrainStep, ckpt: Checkpointer, config: dict[str, Any])
     step.load_state_dict(state["train_step"])
     restore_rng(state["rng"])
     parent = state.get("parent")
-    if config["init_from"] and (parent is None or parent["path"] != config["init_from"]):
+    _warn_if_parent_changed(config["init_from"], parent, ckpt)
+    return _Start(int(state["step"]), float(state["wall_time"]), parent, resumed=True)
+
+
+def _warn_if_parent_changed(init_from: str | None, parent: dict | None, ckpt) -> None:
+    """init_from is ignored on resume; say so when it no longer names the recorded parent."""
+    if not init_from:
+        return
+    same = (
+        parent is not None
+        and parent["path"] == init_from
+        and (not Path(init_from).is_file() or file_sha256(init_from) == parent["sha256"])
+    )
+    if not same:
+        began = f"{parent['path']} (sha256 {parent['sha256'][:12]})" if parent else "scratch"
         print(
-            f"train: resuming from {ckpt.latest()}; init_from {config['init_from']} is "
-            f"ignored (the run started from {parent['path'] if parent else 'scratch'})",
+            f"train: resuming from {ckpt.latest()}; init_from {init_from} is ignored (this run "
+            f"began from {began}); delete {ckpt.dir} to start over from the new parent",
             file=sys.stderr,
         )
-    return _Start(int(state["step"]), float(state["wall_time"]), parent, resumed=True)
 
 
 class _Progress:
@@ -115,6 +128,14 @@ class _Progress:
 def _time_up(config: dict[str, Any], clock_start: float) -> bool:
     limit = config["time_limit"]
     return limit is not None and time.monotonic() - clock_start >= limit
+
+
+@dataclass
+class _Outcome:
+    status: str  # completed | diverged | time_limit
+    step: int  # the last step run (the failing one if diverged)
+    last_good: int  # the step of the weights kept
+    divergence: Divergence | None = None
 
 
 def train(
@@ -161,73 +182,75 @@ def train(
         ckpt.save(n, {**state, "train_step": step.state_dict()})
         metrics.publish(out_dir / "metrics.csv")
 
-    status, n, divergence = "completed", start.step, None
+    outcome = _Outcome("completed", start.step, start.step)
     bar = _Progress(config, start.step, progress) if main else Silent()
     t_start = time.perf_counter()
     try:
         for n in range(start.step + 1, config["steps"] + 1):
             result = step.run(n)
+            outcome.step = n
             if result.divergence is not None:
-                status, divergence = "diverged", result.divergence
+                outcome.status, outcome.divergence = "diverged", result.divergence
                 break
+            outcome.last_good = n
             wall = start.wall_offset + time.perf_counter() - t_start
             metrics.append({**result.metrics(), "wall_time": wall})
             bar.update(result)
             if main and config["snapshot_every"] and n % config["snapshot_every"] == 0:
-                snapshot = model_payload(step.flow, config, n, start.parent)
-                ModelFile(**snapshot).save(snap_dir / f"step_{n:07d}.pt")
-            # every rank stops at the same step: any rank's clock decides
+                _model_file(step, n, start.parent).save(snap_dir / f"step_{n:07d}.pt")
             stop = n < config["steps"] and _time_up(config, clock_start)
             if group is not None and config["time_limit"] is not None:
-                stop = any_rank(stop, group)
+                stop = any_rank(stop, group)  # every rank stops at the same step
             if stop or n % config["checkpoint_every"] == 0 or n == config["steps"]:
                 save_checkpoint(n, wall)
             if stop:
-                status = "time_limit"
+                outcome.status = "time_limit"
                 break
     finally:
         bar.close()
-    last_good = _last_good_step(divergence, n, step, ckpt)
-    return _finish(step, config, out_dir, ckpt, metrics, status, n, last_good, divergence, start,
-                   write=main)  # fmt: skip
+    if outcome.divergence is not None:
+        outcome.last_good = _after_divergence(outcome.divergence, step, ckpt)
+    metrics.publish(out_dir / "metrics.csv")
+    metrics.close()
+    summary = _summary(step, ckpt, outcome, start.parent)
+    if main:
+        _model_file(step, outcome.last_good, start.parent).save(out_dir / "model.pt")
+        write_json(out_dir / "summary.json", summary)
+    return summary
 
 
-def _last_good_step(divergence: Divergence | None, n: int, step: TrainStep, ckpt) -> int:
-    """No update is applied from a non-finite loss or gradient, so the weights before the
-    failing step are the last good ones; non-finite weights are replaced by the newest
+def _model_file(step: TrainStep, n: int, parent: dict[str, str] | None) -> ModelFile:
+    return ModelFile.from_flow(step.flow, action_params(step.config), step.config, n, parent)
+
+
+def _after_divergence(divergence: Divergence, step: TrainStep, ckpt: Checkpointer) -> int:
+    """The last good step. No update is applied from a non-finite loss or gradient, so the
+    weights before the failing step are good; non-finite weights are replaced by the newest
     checkpoint's. Checkpoints already on disk are kept untouched."""
-    if divergence is None:
-        return n
-    last_good = ckpt.restore_weights(step.flow) if divergence.weights_damaged else n - 1
+    if divergence.weights_damaged:
+        last_good = ckpt.restore_weights(step.flow)
+    else:
+        last_good = divergence.step - 1
     print(f"training diverged: {divergence.message}; last good step {last_good}", file=sys.stderr)
     return last_good
 
 
-def _finish(step, config, out_dir, ckpt, metrics, status, n, last_good, divergence, start,
-            write=True):  # fmt: skip
-    metrics.publish(out_dir / "metrics.csv")
-    metrics.close()
-    if write:
-        ModelFile(**model_payload(step.flow, config, last_good, start.parent)).save(
-            out_dir / "model.pt"
-        )
-    summary = {
-        "status": status,
-        "step": n if status == "diverged" else last_good,
-        "last_good_step": last_good,
+def _summary(step: TrainStep, ckpt: Checkpointer, outcome: _Outcome, parent) -> dict[str, Any]:
+    divergence = outcome.divergence
+    return {
+        "status": outcome.status,
+        "step": outcome.step if divergence else outcome.last_good,
+        "last_good_step": outcome.last_good,
         "failure": divergence.message if divergence else None,
         "divergence": divergence.kind.value if divergence else None,
-        "steps_requested": config["steps"],
+        "steps_requested": step.config["steps"],
         "n_parameters": sum(p.numel() for p in step.flow.parameters()),
         "device": str(step.device),
         "torch_version": torch.__version__,
         "gaugeflow_version": __version__,
         "threads": torch.get_num_threads(),
-        "config": config,
+        "config": step.config,
         "flow_config": dict(step.flow.config),
         "checkpoint_dir": str(ckpt.dir),
-        "parent": start.parent,
+        "parent": parent,
     }
-    if write:
-        write_json(out_dir / "summary.json", summary)
-    return summary
