@@ -4,6 +4,7 @@ across world sizes, and a rank that dies or hangs. CPU, gloo, 2 ranks of one thr
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -325,6 +326,44 @@ def test_launcher_names_a_killed_rank(tmp_path):
     out, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == 1, out + err
     assert "gaugeflow train: error: rank" in err and "killed by signal 9" in err, err
+
+
+def _rank_with_nan_action(config: dict, out: str) -> dict:
+    """A rank of `launch_local`: rank 1's action turns NaN from its 3rd call (its step 3)."""
+    from gaugeflow.distributed import process_group
+    from gaugeflow.physics.action import SchwingerAction
+    from gaugeflow.training import train
+
+    with process_group("cpu", timeout=60) as group:
+        if group.rank == 1:
+            calls = {"n": 0}
+            original = SchwingerAction.log_prob
+
+            def poisoned(self, theta):
+                calls["n"] += 1
+                return original(self, theta) * (float("nan") if calls["n"] >= 3 else 1.0)
+
+            SchwingerAction.log_prob = poisoned
+        summary = train(config, out, progress=False, group=group)
+    return {k: summary[k] for k in ("status", "step", "last_good_step", "failure", "divergence")}
+
+
+@pytest.mark.slow
+def test_a_divergence_on_one_rank_stops_all_and_is_recorded_once(tmp_path):
+    from gaugeflow.distributed import launch_local
+
+    config = {**CONFIG, "estimator": "reinforce", "steps": 6, "checkpoint_every": 1}
+    out = tmp_path / "out"
+    returned = launch_local(2, _rank_with_nan_action, (config, str(out)))
+    assert returned[0] == returned[1]  # both ranks took the same branch
+    result = returned[0]
+    assert result["status"] == "diverged" and result["divergence"] == "non_finite_loss"
+    assert result["step"] == 3 and result["last_good_step"] == 2
+    assert "(rank 1 of 2)" in result["failure"]
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["status"] == "diverged" and saved["failure"] == result["failure"]
+    assert len(_metrics(out)) == 2
+    assert torch.load(out / "model.pt", weights_only=False)["step"] == 2
 
 
 # --------------------------------------------------------------------------------------------
