@@ -188,6 +188,17 @@ def test_parts_must_split_evenly_over_the_ranks(tmp_path):
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
+def test_a_rank_alone_gives_up_on_the_rendezvous_after_the_timeout(tmp_path):
+    config = _config_file(tmp_path, steps=1)
+    env = {**ENV, "RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}  # fmt: skip
+    done = subprocess.run(_cmd(config, tmp_path / "out", "--dist-timeout", "3"), env=env,
+                          capture_output=True, text=True, timeout=WAIT)  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "rank 1 of 2 (torchrun): the rendezvous at 127.0.0.1" in done.stderr
+    assert "failed within 3 s" in done.stderr
+
+
 def test_a_world_of_one_rank_equals_the_plain_step(tmp_path):
     """The all-reduce, gather and divergence agreement of a 1-rank gloo group change nothing."""
     import torch.distributed as dist

@@ -214,14 +214,21 @@ def process_group(device: str = "auto", timeout: float = DEFAULT_TIMEOUT, env=No
     kwargs: dict[str, Any] = {}
     if dev.type == "cuda":
         kwargs["device_id"] = dev
-    dist.init_process_group(
-        backend=backend,
-        init_method="env://",
-        rank=info.rank,
-        world_size=info.world_size,
-        timeout=timedelta(seconds=timeout),
-        **kwargs,
-    )
+    try:
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=info.rank,
+            world_size=info.world_size,
+            timeout=timedelta(seconds=timeout),
+            **kwargs,
+        )
+    except RuntimeError as exc:  # DistStoreError / DistNetworkError: no rendezvous in time
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RankFailure(
+            f"rank {info.rank} of {info.world_size} ({info.source}): the rendezvous at "
+            f"{info.master_addr}:{info.master_port} failed within {timeout:g} s ({first})"
+        ) from exc
     group = Group(
         rank=info.rank,
         world_size=info.world_size,
