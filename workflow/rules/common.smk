@@ -146,7 +146,7 @@ def _if_multi_node(value):
     return lambda w: value(w) if _multi_node(w) else None
 
 
-# Resources of the train rule (None drops a key). One node: one SLURM task holds the node's
+# Resources of training jobs (None drops a key). One node -- one SLURM task holds the node's
 # GPUs (gpu=N: sbatch --gpus=N) and threads, and `gaugeflow train --nproc N` starts the ranks
 # in it. Several nodes: one SLURM task per rank (--nodes, --ntasks-per-node (or --ntasks for
 # one rank a node), --gres=gpu:N per node, --ntasks-per-gpu=1, --cpus-per-task), started by
