@@ -480,3 +480,32 @@ def test_train_rule_asks_slurm_for_the_ranks_gpus_and_nodes(tmp_path):
     assert "--nproc 2 --threads 4" in cpu["main"]["shell"]
     assert "--nproc" not in cpu["large"]["shell"] and "srun" not in cpu["large"]["shell"]
     assert "--ntasks=1" in _sbatch_line(cpu["large"])
+
+
+@pytest.mark.slow
+@pytest.mark.workflow
+def test_workflow_trains_a_run_on_two_cpu_ranks_like_one_process(tmp_path):
+    """The train rule with cpu_ranks: 2 (gaugeflow train --nproc 2 under Snakemake) gives the
+    weights and metrics of the same run in one process (float32, one thread a rank: 1e-10)."""
+    cfg = yaml.safe_load((REPO / "config/tiny.yaml").read_text())
+    target = "results/runs/train/large/L4-reinforce-fp32-s1"
+    runs = {}
+    for ranks in (1, 2):
+        cfg["training"]["large"]["cpu_ranks"] = ranks
+        cfg["resources"]["train"]["threads"] = ranks  # one thread a rank in both runs
+        work = tmp_path / f"ranks{ranks}"
+        work.mkdir()
+        (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "snakemake"), "--snakefile",
+             str(REPO / "Snakefile"), "--directory", str(work), "--cores", "2", "--configfile",
+             str(work / "config.yaml"), "--", f"{target}/model.pt"],
+            cwd=REPO, capture_output=True, text=True, timeout=WAIT,
+            env={**ENV, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{ENV['PATH']}"},
+        )  # fmt: skip
+        log = work / "results/logs/train/large/L4-reinforce-fp32-s1.log"
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        runs[ranks] = work / target
+        text = log.read_text()
+        assert ("2 ranks" in text) == (ranks == 2), text[-2000:]
+    _assert_same_run(runs[1], runs[2], tol=1e-10)
