@@ -20,6 +20,13 @@ Usage (numbers only mean something on an otherwise idle machine; ratios from one
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_ddp.py --L 8 16
     python benchmarks/bench_ddp.py --L 4 --layers 8 --hidden 4 --steps 2   # smoke run
+
+``--world-of-one DEVICE`` is the check for a machine with one GPU (for benchmarks/
+device_check.sh): the data-parallel step in a process group of one rank (nccl on CUDA, gloo on
+CPU) against the plain step, same weights after the steps (to 1e-6 relative on CUDA, exactly
+on CPU) and the all-reduce's time share::
+
+    python benchmarks/bench_ddp.py --world-of-one cuda --L 16 --out ddp_nccl.json
 """
 
 from __future__ import annotations
@@ -103,6 +110,67 @@ def _worker(setting: dict[str, Any], result_path: str) -> None:
             )
 
 
+def world_of_one(setting: dict[str, Any], device: str) -> dict[str, Any]:
+    """DataParallelStep in a 1-rank group (nccl on CUDA) vs TrainStep: weights and times."""
+    import torch.distributed as dist
+
+    from gaugeflow.runtime import seed_everything
+    from gaugeflow.training import TrainStep, make_config
+    from gaugeflow.training.distributed import DataParallelStep
+
+    dev = torch.device(device)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    config = make_config(
+        {"L": setting["L"], "estimator": "reinforce", "batch_size": setting["batch_size"],
+         "n_batches": 2, "steps": setting["warmup"] + setting["steps"], "device": device,
+         "dtype": "float32", "seed": 1,
+         "flow": {"n_layers": setting["layers"], "hidden_channels": setting["hidden"]}}
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        store = dist.FileStore(os.path.join(tmp, "store"), 1)
+        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend, store=store, rank=0, world_size=1, **kwargs)
+        try:
+            from gaugeflow.distributed import Group
+
+            steps: dict[str, Any] = {}
+            seed_everything(1)
+            steps["plain"] = TrainStep(config, dev)
+            seed_everything(1)
+            steps["data_parallel"] = DataParallelStep(
+                config, Group(device=dev, backend=backend, world_size=1)
+            )
+            times: dict[str, list[float]] = {name: [] for name in steps}
+            sync = []
+            for n in range(1, config["steps"] + 1):
+                for name, step in steps.items():
+                    t0 = time.perf_counter()
+                    step.run(n)  # run() synchronises CUDA before it returns
+                    if n > setting["warmup"]:
+                        times[name].append(time.perf_counter() - t0)
+                        if name == "data_parallel":
+                            sync.append(step.sync_seconds)
+            worst = 0.0
+            for p, q in zip(steps["plain"].flow.parameters(),
+                            steps["data_parallel"].flow.parameters(), strict=True):  # fmt: skip
+                scale = float(p.detach().abs().max()) or 1.0
+                worst = max(worst, float((p - q).detach().abs().max()) / scale)
+        finally:
+            dist.destroy_process_group()
+    limit = 0.0 if dev.type == "cpu" else 1e-6
+    result = {
+        "device": str(dev),
+        "backend": backend,
+        "step_s_plain": statistics.median(times["plain"]),
+        "step_s_data_parallel": statistics.median(times["data_parallel"]),
+        "sync_s": statistics.median(sync),
+        "max_relative_weight_difference": worst,
+        "weights_agree": worst <= limit,
+    }
+    result["sync_share"] = result["sync_s"] / result["step_s_data_parallel"]
+    return result
+
+
 def bench(setting: dict[str, Any], processes: int, threads: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "result.json")
@@ -128,7 +196,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument(
+        "--world-of-one",
+        metavar="DEVICE",
+        help="instead: the 1-rank data-parallel step on DEVICE against the plain step",
+    )
     args = parser.parse_args(argv)
+
+    if args.world_of_one:
+        setting = {"L": args.L[0], "batch_size": args.batch_size, "layers": args.layers,
+                   "hidden": args.hidden, "warmup": args.warmup, "steps": args.steps}  # fmt: skip
+        result = world_of_one(setting, args.world_of_one)
+        print(json.dumps(result, indent=2))
+        if args.out:
+            write_json(args.out, {"settings": vars(args), **result})
+        return 0 if result["weights_agree"] else 1
 
     rows = []
     print(
