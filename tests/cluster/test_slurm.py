@@ -12,7 +12,9 @@ Brings up munged + slurmctld + slurmd on this machine (tests/cluster/slurm_up.sh
    deterministic result (weights, checkpoints, metrics, chains) equals a local run's, and the
    figures, tables and paper are there;
 3. gpu: a dry run of the tiny workflow with `device=cuda` plans gpu=1 exactly for the
-   training, sampling and measurement jobs.
+   training, sampling and measurement jobs;
+4. two ranks: one sbatch job of 2 tasks trains through `srun gaugeflow train` (data-parallel,
+   issue 15) and equals a local 1-process run to 1e-10.
 
 Every daemon it started is stopped at the end, also on failure (slurm_down.sh). Runs as root
 with `slurm-wlm` and `munge` installed, when CI is set (`.ci/run`) or GAUGEFLOW_CLUSTER_TEST=1;
@@ -804,3 +806,52 @@ def test_tiny_workflow_requests_gpu_only_for_training_and_measuring(
     assert not any(r.startswith(("fig", "table", "paper", "all", "report")) for r in gpu_rules), (
         gpu_rules
     )
+
+
+# --------------------------------------------------------------------------- 4. two ranks
+
+
+def test_two_task_training_through_srun_matches_one_process(
+    cluster: Cluster, scratch: Path
+) -> None:
+    """One sbatch job of 2 tasks; srun starts `gaugeflow train` in each, the ranks meet through
+    the SLURM variables (SLURM_PROCID, SLURM_STEP_NUM_TASKS, the step's node list) and train
+    one run: its weights and metrics equal a local 1-process run of the same parts to 1e-10."""
+    import torch
+    import yaml
+
+    work = scratch / "ddp"
+    work.mkdir()
+    config = work / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "L": 4, "beta": 2.0, "kappa": 0.276, "estimator": "reinforce", "steps": 4,
+        "batch_size": 8, "n_batches": 2, "lr": 5e-3, "dtype": "float64", "device": "cpu",
+        "seed": 3, "checkpoint_every": 2, "log_every": 1,
+        "flow": {"n_layers": 8, "hidden_channels": 4, "dilations": [1]},
+    }))  # fmt: skip
+    train = f"{sys.executable} -m gaugeflow train --config {config} --no-progress --threads 1"
+    env = {**_env(), "PYTHONPATH": str(REPO / "src")}
+    _run([*train.split(), "--out", work / "local"], timeout=600, env=env)
+
+    job = _run(
+        ["sbatch", "--parsable", "--ntasks=2", "--cpus-per-task=1", "--mem=2000",
+         "-o", work / "slurm.log", "-D", work,
+         f"--wrap=srun --ntasks=2 --cpus-per-task=1 {train} --out {work / 'srun'} "
+         "--dist-timeout 120"],
+        env=env,
+    ).stdout.strip().split(";")[0]  # fmt: skip
+    state = _wait_final_state(cluster, job, timeout=600)
+    log = (work / "slurm.log").read_text(errors="replace") if (work / "slurm.log").exists() else ""
+    assert state == "COMPLETED", f"job {job}: {state}\n{log[-3000:]}"
+    assert "2 ranks" in log and log.count("train: completed") == 1, log[-3000:]
+
+    a = torch.load(work / "local" / "model.pt", weights_only=False)["state_dict"]
+    b = torch.load(work / "srun" / "model.pt", weights_only=False)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert float((a[k] - b[k]).abs().max()) <= 1e-10, k
+    rows = [_load(work / run / "metrics.csv")["rows"] for run in ("local", "srun")]
+    assert len(rows[0]) == len(rows[1]) == 4
+    for ra, rb in zip(*rows, strict=True):
+        for key in ("loss", "free_energy", "ess", "logq_mean", "logp_mean"):
+            assert abs(float(ra[key]) - float(rb[key])) <= 1e-10 * max(1, abs(float(ra[key])))

@@ -131,6 +131,97 @@ def gpus(kind):
 
 
 # ---------------------------------------------------------------------------------------
+# data-parallel training (issue 15): a group's runs may take several ranks
+
+
+def rank_layout(wildcards):
+    """(ranks per node, nodes) of a training run: one rank per GPU on CUDA, else cpu_ranks."""
+    g = config["training"][wildcards.group]
+    per_node = g["gpus"] if config["device"] == "cuda" else g["cpu_ranks"]
+    return per_node, g["nodes"]
+
+
+def _multi_node(wildcards):
+    return rank_layout(wildcards)[1] > 1
+
+
+def _threads_per_rank(wildcards):
+    """resources.train.threads is per node, shared by the node's ranks."""
+    return max(1, res("train", "threads") // rank_layout(wildcards)[0])
+
+
+def _if_multi_node(value):
+    return lambda w: value(w) if _multi_node(w) else None
+
+
+# Resources of training jobs (None drops a key). One node -- one SLURM task holds the node's
+# GPUs (gpu=N: sbatch --gpus=N) and threads, and `gaugeflow train --nproc N` starts the ranks
+# in it. Several nodes: one SLURM task per rank (--nodes, --ntasks-per-node (or --ntasks for
+# one rank a node), --gres=gpu:N per node, --ntasks-per-gpu=1, --cpus-per-task), started by
+# the srun in the rule's shell; `mpi` tells snakemake-executor-plugin-slurm that the shell
+# launches its own tasks (else it wraps the job in `srun -n1`). tasks_per_gpu is explicit:
+# without it the plugin would take `tasks` as the tasks per GPU.
+TRAIN_RESOURCES = {
+    "gpu": lambda w: (
+        0 if config["device"] != "cuda" else None if _multi_node(w) else rank_layout(w)[0]
+    ),
+    "nodes": _if_multi_node(lambda w: rank_layout(w)[1]),
+    "gres": _if_multi_node(
+        lambda w: f"gpu:{rank_layout(w)[0]}" if config["device"] == "cuda" else None
+    ),
+    "tasks_per_node": _if_multi_node(lambda w: rank_layout(w)[0] if rank_layout(w)[0] > 1 else None),
+    "tasks": _if_multi_node(lambda w: rank_layout(w)[1] if rank_layout(w)[0] == 1 else None),
+    "tasks_per_gpu": _if_multi_node(lambda w: 1 if config["device"] == "cuda" else None),
+    "cpus_per_task": _if_multi_node(_threads_per_rank),
+    "mpi": _if_multi_node(lambda w: "srun"),
+}
+
+
+def train_launch(wildcards):
+    """What comes before `gaugeflow train`: srun across several nodes, else nothing."""
+    per_node, nodes = rank_layout(wildcards)
+    if nodes == 1:
+        return ""
+    gpus_flag = f" --gpus-per-node={per_node}" if config["device"] == "cuda" else ""
+    return (
+        f"srun --nodes={nodes} --ntasks-per-node={per_node} "
+        f"--cpus-per-task={_threads_per_rank(wildcards)}{gpus_flag} "
+    )
+
+
+def train_rank_flags(wildcards):
+    """Flags of `gaugeflow train` for its ranks: --nproc on one node, threads per rank."""
+    per_node, nodes = rank_layout(wildcards)
+    if per_node * nodes == 1:
+        return ""
+    nproc = f"--nproc {per_node} " if nodes == 1 else ""
+    return f"{nproc}--threads {_threads_per_rank(wildcards)}"
+
+
+def check_ranks(cfg):
+    for group in GROUP_FIGURES:
+        g = cfg["training"][group]
+        per_node = g["gpus"] if cfg["device"] == "cuda" else g["cpu_ranks"]
+        world = per_node * g["nodes"]
+        if g["n_batches"] % world:
+            key = "gpus" if cfg["device"] == "cuda" else "cpu_ranks"
+            raise WorkflowError(
+                f"config key training.{group}.n_batches ({g['n_batches']}) must be a multiple "
+                f"of the ranks of a run, training.{group}.{key} x nodes = {world}: each rank "
+                "computes n_batches / ranks parts of every step"
+            )
+        if g["nodes"] > 1 and shutil.which("srun") is None:
+            raise WorkflowError(
+                f"config key training.{group}.nodes = {g['nodes']}: runs across nodes start "
+                "their ranks with srun, which is not on PATH; run on a SLURM cluster "
+                "(--profile profiles/slurm)"
+            )
+
+
+check_ranks(config)
+
+
+# ---------------------------------------------------------------------------------------
 # training
 
 

@@ -16,6 +16,8 @@ checkpoint train:
     params:
         flags=train_flags,
         state=STATE_DIR,
+        launch=train_launch,
+        ranks=train_rank_flags,
     log:
         "results/logs/train/{group}/L{L}-{estimator}-{prec}-s{seed}.log",
     benchmark:
@@ -24,11 +26,11 @@ checkpoint train:
     resources:
         mem_mb=res("train", "mem_mb"),
         runtime=res("train", "runtime"),
-        gpu=gpus("train"),
+        **TRAIN_RESOURCES,  # common.smk: GPUs, nodes, tasks of data-parallel runs
     conda:
         ENV
     shell:
-        "gaugeflow train --out $(dirname {output.model}) {params.flags}"
+        "{params.launch}gaugeflow train --out $(dirname {output.model}) {params.flags} {params.ranks}"
         " --checkpoint-dir {params.state}/checkpoints --snapshot-dir {params.state}/snapshots"
         " > {log} 2>&1"
         " && mkdir -p {params.state}/snapshots {output.snapshots}"

@@ -10,9 +10,11 @@ from pathlib import Path
 import yaml
 
 from .. import choices
+from ..distributed import DEFAULT_TIMEOUT
 from ..errors import UserError
 from ..io import require_file
 from ..runtime import configure_threads
+from ._args import positive_int
 
 # time_limit counts from here: this module is imported when the CLI starts
 _CLI_START = time.monotonic()
@@ -77,34 +79,99 @@ def config_from_args(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..training import train
+    from ..distributed import LaunchFailed, RankFailure, detect
 
-    threads = configure_threads()
+    try:
+        if args.nproc > 1 and detect() is None:
+            return _launch(args)
+        return _train(args)
+    except (LaunchFailed, RankFailure) as exc:
+        print(
+            f"gaugeflow train: error: {exc}; run the same command again to resume from the "
+            "last checkpoint",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """--nproc N outside torchrun/srun: start N local ranks (torch's elastic launcher)."""
+    from ..distributed import launch_local
+    from ..training import make_config
+    from ..training.distributed import check_world
+
+    check_world(make_config(config_from_args(args)), args.nproc)  # one clear error, not N
+    threads = args.threads or max(1, configure_threads() // args.nproc)
+    args.clock_start = _CLI_START  # the time limit counts from this command's start
+    codes = launch_local(args.nproc, _rank_main, (args,), threads=threads)
+    return max(codes.values(), default=0)
+
+
+def _rank_main(args: argparse.Namespace) -> int:
+    """One rank started by `_launch` (a fresh process): returns 0 or EXIT_TIME_LIMIT to the
+    launcher; errors end the process with an exit code (the launcher then stops the others)."""
+    from ..distributed import RankFailure
+
+    try:
+        code = _train(args)
+    except UserError as exc:
+        print(f"gaugeflow train: error: {exc}", file=sys.stderr)
+        code = 2
+    except RankFailure as exc:
+        print(f"gaugeflow train: error: {exc}", file=sys.stderr)
+        code = 1
+    if code not in (0, EXIT_TIME_LIMIT):
+        sys.exit(code)
+    return code
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..distributed import process_group
+    from ..training import make_config, train
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        threads = args.threads
+    else:
+        threads = configure_threads()
     config = config_from_args(args)
-    summary = train(
-        config,
-        args.out,
-        checkpoint_dir=args.checkpoint_dir,
-        snapshot_dir=args.snapshot_dir,
-        progress=args.progress,
-        clock_start=_CLI_START,
-    )
+    device = make_config(config)["device"]
+    with process_group(device, timeout=args.dist_timeout) as group:
+        if group.is_distributed and args.nproc > 1 and args.nproc != group.world_size:
+            raise UserError(
+                f"--nproc {args.nproc} but the launcher ({group.source}) started "
+                f"{group.world_size} processes; drop --nproc under torchrun/srun"
+            )
+        summary = train(
+            config,
+            args.out,
+            checkpoint_dir=args.checkpoint_dir,
+            snapshot_dir=args.snapshot_dir,
+            progress=args.progress,
+            clock_start=getattr(args, "clock_start", _CLI_START),
+            group=group,
+        )
+    code = EXIT_TIME_LIMIT if summary["status"] == "time_limit" else 0
+    if not group.is_main:
+        return code
     cfg = summary["config"]
+    ranks = f", {group.world_size} ranks" if group.is_distributed else ""
     parent = f", from {summary['parent']['path']}" if summary.get("parent") else ""
     print(
         f"train: {summary['status']} at step {summary['step']}/{cfg['steps']} "
         f"({cfg['estimator']}, L={cfg['L']}, beta={cfg['beta']}, kappa={cfg['kappa']}, "
         f"amp={cfg['amp']}, {summary['n_parameters']} parameters, {summary['device']}, "
-        f"{threads} threads{parent}) -> {args.out}"
+        f"{threads} threads{ranks}{parent}) -> {args.out}"
     )
-    if summary["status"] == "time_limit":
+    if code == EXIT_TIME_LIMIT:
         print(
             f"train: stopped by the time limit ({cfg['time_limit']} s); run the same command "
             f"again to continue to step {cfg['steps']}",
             file=sys.stderr,
         )
-        return EXIT_TIME_LIMIT
-    return 0
+    return code
 
 
 def _positive_seconds(text: str) -> float:
@@ -170,6 +237,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stop after the step that crosses this wall-clock limit (from the start of this "
         "command), with a checkpoint, model.pt and status time_limit, and exit with status "
         f"{EXIT_TIME_LIMIT}; rerun to continue",
+    )
+    dp = p.add_argument_group(
+        "data parallel",
+        "Under torchrun or srun every process is one rank (read from RANK/WORLD_SIZE/... or "
+        "SLURM_PROCID/SLURM_STEP_NUM_TASKS/...); each rank computes n_batches / ranks parts of "
+        "every step. Only rank 0 writes.",
+    )
+    dp.add_argument(
+        "--nproc",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="start N local ranks (torch's elastic launcher, as torchrun --standalone); "
+        "ignored under torchrun/srun",
+    )
+    dp.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="T",
+        help="CPU threads per rank (default OMP_NUM_THREADS, divided by N under --nproc)",
+    )
+    dp.add_argument(
+        "--dist-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="a rank waiting this long for another (dead or hung) one fails the run "
+        f"(default {DEFAULT_TIMEOUT:g})",
     )
     p.add_argument("--checkpoint-dir", help="resumable state (default OUT/checkpoints)")
     p.add_argument("--snapshot-dir", help="snapshot folder (default OUT/snapshots)")

@@ -21,12 +21,14 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..distributed import Group
 from ..errors import UserError
 from ..io import write_json
 from ..modelfile import ModelFile, file_sha256
 from ..runtime import resolve_device, seed_everything
 from .checkpoint import Checkpointer, MetricsLog, restore_rng
 from .config import action_params, make_config
+from .distributed import DataParallelStep, Silent, agree_start, any_rank
 from .step import Divergence, StepResult, TrainStep
 
 __all__ = ["train", "model_payload", "warm_start"]
@@ -143,32 +145,46 @@ def train(
     snapshot_dir: str | Path | None = None,
     progress: bool | None = None,
     clock_start: float | None = None,
+    group: Group | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) a flow; return the summary written to out_dir/summary.json.
 
     ``time_limit`` counts from `clock_start` (a ``time.monotonic()`` value; the CLI passes
-    its own start), by default from this call.
+    its own start), by default from this call. With a distributed `group` (one of several
+    ranks, `gaugeflow.distributed.process_group`) the step is a `DataParallelStep` and only
+    rank 0 writes files or progress.
     """
     clock_start = time.monotonic() if clock_start is None else clock_start
     config = make_config(config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     snap_dir = Path(snapshot_dir) if snapshot_dir else out_dir / "snapshots"
-    device = resolve_device(config["device"])
     seed_everything(config["seed"])
-    step = TrainStep(config, device)
+    if group is not None and group.is_distributed:
+        step = DataParallelStep(config, group)
+    else:
+        step = TrainStep(config, group.device if group else resolve_device(config["device"]))
+    main = group is None or group.is_main  # the one process that writes
     ckpt = Checkpointer(checkpoint_dir or out_dir / "checkpoints", config["keep_checkpoints"])
     start = _resume_or_init(step, ckpt, config)
-    metrics = MetricsLog(ckpt.dir / "metrics.csv", start.step if start.resumed else None)
+    if group is not None:
+        agree_start(group, start.step, step.flow)
+    if main:
+        metrics = MetricsLog(ckpt.dir / "metrics.csv", start.step if start.resumed else None)
+    else:
+        metrics = Silent()
 
     def save_checkpoint(n: int, wall: float) -> None:
+        if not main:
+            return
         metrics.flush()
         state = {"wall_time": wall, "config": config, "parent": start.parent}
         ckpt.save(n, {**state, "train_step": step.state_dict()})
         metrics.publish(out_dir / "metrics.csv")
 
     outcome = _Outcome("completed", start.step, start.step)
-    bar, t_start = _Progress(config, start.step, progress), time.perf_counter()
+    bar = _Progress(config, start.step, progress) if main else Silent()
+    t_start = time.perf_counter()
     try:
         for n in range(start.step + 1, config["steps"] + 1):
             result = step.run(n)
@@ -180,9 +196,11 @@ def train(
             wall = start.wall_offset + time.perf_counter() - t_start
             metrics.append({**result.metrics(), "wall_time": wall})
             bar.update(result)
-            if config["snapshot_every"] and n % config["snapshot_every"] == 0:
+            if main and config["snapshot_every"] and n % config["snapshot_every"] == 0:
                 _model_file(step, n, start.parent).save(snap_dir / f"step_{n:07d}.pt")
             stop = n < config["steps"] and _time_up(config, clock_start)
+            if group is not None and config["time_limit"] is not None:
+                stop = any_rank(stop, group)  # every rank stops at the same step
             if stop or n % config["checkpoint_every"] == 0 or n == config["steps"]:
                 save_checkpoint(n, wall)
             if stop:
@@ -194,9 +212,10 @@ def train(
         outcome.last_good = _after_divergence(outcome.divergence, step, ckpt)
     metrics.publish(out_dir / "metrics.csv")
     metrics.close()
-    _model_file(step, outcome.last_good, start.parent).save(out_dir / "model.pt")
     summary = _summary(step, ckpt, outcome, start.parent)
-    write_json(out_dir / "summary.json", summary)
+    if main:
+        _model_file(step, outcome.last_good, start.parent).save(out_dir / "model.pt")
+        write_json(out_dir / "summary.json", summary)
     return summary
 
 
