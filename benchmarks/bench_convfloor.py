@@ -38,9 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
@@ -57,6 +55,9 @@ from gaugeflow.estimators import get_estimator
 from gaugeflow.flows.nets import ConvOptions, conv_options
 from gaugeflow.io import write_json
 from gaugeflow.training import build_components, make_config
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_model, git_state, loadavg  # noqa: E402  (benchmarks/machine.py, beside this)
 
 __all__ = ["ConvRecorder", "Setup", "bench_L", "main", "variant_options"]
 
@@ -244,14 +245,6 @@ class Setup:
 # one lattice size
 
 
-def _loadavg() -> float | None:
-    try:
-        with open("/proc/loadavg") as fh:
-            return float(fh.read().split()[0])
-    except (OSError, ValueError):
-        return None
-
-
 def _flops(calls: Counter, timer: CallTimer) -> dict[str, float]:
     out: dict[str, float] = defaultdict(float)
     for (part, func, meta), n in calls.items():
@@ -278,7 +271,7 @@ def _floor(calls: Counter, timer: CallTimer, repeats: int) -> dict[str, float]:
 
 def bench_L(L: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Rows (one per estimator and variant) at lattice size L; see the module docstring."""
-    load0 = _loadavg()
+    load0 = loadavg()
     t0 = time.perf_counter()
     timer = CallTimer(seed=args.seed)
     setups: dict[tuple[str, str], Setup] = {}
@@ -310,7 +303,7 @@ def bench_L(L: int, args: argparse.Namespace) -> list[dict[str, Any]]:
                 got["ratio"] = got["step"] / floor["step"]
                 got["ratio_cpu"] = got["step_cpu"] / floor["step_cpu"]
                 samples[est, variant].append(got)
-        print(f"  L={L} round {r + 1}/{args.repeats} done [load {_loadavg()}]", flush=True)
+        print(f"  L={L} round {r + 1}/{args.repeats} done [load {loadavg()}]", flush=True)
     rows = []
     for est in args.estimators:
         floor = {k: statistics.median(f[k] for f in floors[est]) for k in floors[est][0]}
@@ -353,7 +346,7 @@ def bench_L(L: int, args: argparse.Namespace) -> list[dict[str, Any]]:
                     row[f"{part}_floor_gflops"] = flops[part] / floor[part] / 1e9
             rows.append(row)
     for row in rows:
-        row.update(load_before=load0, load_after=_loadavg(), bench_seconds=time.perf_counter() - t0)
+        row.update(load_before=load0, load_after=loadavg(), bench_seconds=time.perf_counter() - t0)
     if args.profile and L == args.L[-1]:
         for est in args.estimators:
             profile_step(setups[est, args.variants[0]], args.variants[0])
@@ -400,37 +393,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_state() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(
-            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "src"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()[1::2]
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (f" + local changes in {', '.join(dirty)}" if dirty else "")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--L", type=int, nargs="+", default=[8, 12, 16])
@@ -461,14 +423,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     meta = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "command": "python benchmarks/bench_convfloor.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "code": _git_state(),
-        "load_at_start": _loadavg(),
+        "code": git_state(),
+        "load_at_start": loadavg(),
     }
     print(json.dumps(meta), flush=True)
     rows: list[dict[str, Any]] = []

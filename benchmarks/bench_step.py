@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -45,6 +44,7 @@ from gaugeflow.measure import MeasureSetup, build_setup, gradient_step, measure_
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from floor import FloorReplay, floor_action  # noqa: E402  (benchmarks/floor.py, beside this)
+from machine import cpu_model, git_state, loadavg  # noqa: E402
 
 __all__ = ["CONFIGS", "bench_L", "cpu_model", "main"]
 
@@ -58,18 +58,6 @@ CONFIGS: dict[str, tuple[str, str]] = {
     "path-scatter": ("path", "scatter"),
 }
 DEFAULT_CONFIGS = ["rt-loop", "rt-scatter", "reinforce-loop", "reinforce-scatter", "path-scatter"]
-
-
-def cpu_model() -> str:
-    """The CPU model name as lscpu reports it (platform.processor() as a fallback)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def _setup(L: int, name: str, args: argparse.Namespace) -> MeasureSetup:
@@ -94,35 +82,6 @@ def _is_slow(L: int, name: str) -> bool:
     return assembly == "loop" and estimator != "reinforce" and L >= 12
 
 
-def git_state() -> str:
-    """Commit of the code under test, with the files that differ from it (if any)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(
-            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "src"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()[1::2]
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (f" + local changes in {', '.join(dirty)}" if dirty else "")
-
-
-def _loadavg() -> float | None:
-    try:
-        with open("/proc/loadavg") as fh:
-            return float(fh.read().split()[0])
-    except (OSError, ValueError):
-        return None
-
-
 def bench_L(L: int, names: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Timing and floor of each configuration at one L.
 
@@ -132,7 +91,7 @@ def bench_L(L: int, names: list[str], args: argparse.Namespace) -> list[dict[str
     fractions of a step) meaningful when the machine's load changes during the run; each
     fraction is the median over rounds of the per-round ratio.
     """
-    load0 = _loadavg()
+    load0 = loadavg()
     t0 = time.perf_counter()
     setups = {name: _setup(L, name, args) for name in names}
     repeats = {
@@ -198,7 +157,7 @@ def bench_L(L: int, names: list[str], args: argparse.Namespace) -> list[dict[str
             )
         rows.append(row)
     for row in rows:
-        row.update(load_before=load0, load_after=_loadavg(), bench_seconds=time.perf_counter() - t0)
+        row.update(load_before=load0, load_after=loadavg(), bench_seconds=time.perf_counter() - t0)
     return rows
 
 
@@ -286,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "hidden": args.hidden,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "code": git_state(),
-        "load_at_start": _loadavg(),
+        "load_at_start": loadavg(),
     }
     print(json.dumps(meta), flush=True)
     rows = []

@@ -1,0 +1,51 @@
+"""Facts about the machine and the code under test that every benchmark records."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+__all__ = ["cpu_model", "git_state", "loadavg"]
+
+
+def cpu_model() -> str:
+    """The CPU model name as lscpu reports it (platform.processor() as a fallback)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_state() -> str:
+    """Commit of the code under test, with the files that differ from it (if any)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[1::2]
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (f" + local changes in {', '.join(dirty)}" if dirty else "")
+
+
+def loadavg() -> float | None:
+    """The 1-minute load average (None where /proc/loadavg is missing)."""
+    try:
+        with open("/proc/loadavg") as fh:
+            return float(fh.read().split()[0])
+    except (OSError, ValueError):
+        return None
