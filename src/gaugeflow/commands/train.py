@@ -238,6 +238,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "command), with a checkpoint, model.pt and status time_limit, and exit with status "
         f"{EXIT_TIME_LIMIT}; rerun to continue",
     )
+    _add_data_parallel_arguments(p)
+    p.add_argument("--checkpoint-dir", help="resumable state (default OUT/checkpoints)")
+    p.add_argument("--snapshot-dir", help="snapshot folder (default OUT/snapshots)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+    p.set_defaults(func=_run)
+
+
+def _add_data_parallel_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of data-parallel training (issue 15), in their own help group."""
     dp = p.add_argument_group(
         "data parallel",
         "Under torchrun or srun every process is one rank (read from RANK/WORLD_SIZE/... or "
@@ -266,12 +280,3 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a rank waiting this long for another (dead or hung) one fails the run "
         f"(default {DEFAULT_TIMEOUT:g})",
     )
-    p.add_argument("--checkpoint-dir", help="resumable state (default OUT/checkpoints)")
-    p.add_argument("--snapshot-dir", help="snapshot folder (default OUT/snapshots)")
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: when stderr is a terminal)",
-    )
-    p.set_defaults(func=_run)
