@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA checks of issue 9, prepared for a session that is lent a GPU (the `device` tool).
-# One run, about 5-8 minutes on an H200; it leaves three files in $OUT: the log, a summary
-# (JSON) and the full measurement records (tar.gz), within the tool's 8-file limit.
+# One run, about 5-8 minutes on an H200; it leaves four files in $OUT: the log, a summary
+# (JSON), the full measurement records (tar.gz) and the data-parallel check (JSON), within the
+# tool's 8-file limit.
 #
 #   run(command="bash benchmarks/device_check.sh", timeout_s=540)
 #
@@ -14,7 +15,8 @@
 #      times of a gradient step -> the amp speed-up (paper: 15-20%) and RE vs r.t.;
 #   3. `gaugeflow measure memory` for the same four: M1 (saved tensors) and M2
 #      (torch.cuda.max_memory_allocated, absolute, as in the paper's Table 5);
-#   4. the same timing with the `loop` assembly for r.t. at L = 16 (the paper's Table 1 row).
+#   4. the same timing with the `loop` assembly for r.t. at L = 16 (the paper's Table 1 row);
+#   5. the data-parallel step (issue 15) in a 1-rank group, nccl on CUDA, against the plain step.
 #
 # The device machine has torch (CUDA build) but not this package installed: it runs from
 # the working tree with PYTHONPATH=src. Knobs: DEVICE (cuda), L (16), BATCH (64), STEPS (20),
@@ -68,6 +70,13 @@ say "3. memory"
 for est in rt reinforce; do for amp in 0 1; do measure memory "$est" scatter "$amp"; done; done
 say "4. r.t. with the loop assembly"
 measure timing rt loop 0
+
+say "5. data-parallel step in a 1-rank group (nccl on CUDA) against the plain step (issue 15)"
+DDP_ARGS=(--L "$L" --batch-size "$BATCH")
+[ "${SMOKE:-0}" = 1 ] && DDP_ARGS+=(--layers 8 --hidden 4 --steps 1 --warmup 0)
+timeout 120 $PY benchmarks/bench_ddp.py --world-of-one "$DEVICE" "${DDP_ARGS[@]}" \
+  --out "$OUT/ddp-world-of-one.json" >>"$LOG" 2>&1
+say "   bench_ddp --world-of-one: exit $?"
 
 say "summary"
 $PY - "$OUT" >>"$LOG" 2>&1 <<'EOF'
