@@ -8,6 +8,8 @@
 # but the next run resumes from the last checkpoint. Snapshots are hard-linked (or copied)
 # into the run folder at the end.
 checkpoint train:
+    input:
+        init=train_init_input,  # curriculum.smk: the parent's / last stage's model, if any
     output:
         model="results/runs/train/{group}/L{L}-{estimator}-{prec}-s{seed}/model.pt",
         metrics="results/runs/train/{group}/L{L}-{estimator}-{prec}-s{seed}/metrics.csv",
@@ -16,6 +18,10 @@ checkpoint train:
     params:
         flags=train_flags,
         state=STATE_DIR,
+        init=init_flag,
+        reset=lambda w, input: warm_state_reset(STATE_DIR.format(**w), input.get("init")),
+        check=lambda w, output: time_limit_check(output.summary),
+        time_limit=lambda w, resources: time_limit_seconds(resources.runtime),
     log:
         "results/logs/train/{group}/L{L}-{estimator}-{prec}-s{seed}.log",
     benchmark:
@@ -28,9 +34,11 @@ checkpoint train:
     conda:
         ENV
     shell:
-        "gaugeflow train --out $(dirname {output.model}) {params.flags}"
+        "({params.reset})"
+        " && gaugeflow train --out $(dirname {output.model}) {params.flags} {params.init}"
+        " --time-limit {params.time_limit}"
         " --checkpoint-dir {params.state}/checkpoints --snapshot-dir {params.state}/snapshots"
-        " > {log} 2>&1"
+        " > {log} 2>&1 && ({params.check})"
         " && mkdir -p {params.state}/snapshots {output.snapshots}"
         " && (cp -R --link {params.state}/snapshots/. {output.snapshots}/ 2>/dev/null"
         " || cp -R {params.state}/snapshots/. {output.snapshots}/)"
