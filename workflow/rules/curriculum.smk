@@ -58,6 +58,22 @@ def check_curriculum(cfg):
                 f"config key training.{group}.parent = {pgroup!r} names no training group; "
                 f"the groups are {groups}"
             )
+    for group in groups:
+        seen = [group]
+        found = _group_parent(cfg, group)
+        while found is not None:
+            if found[0] in seen:
+                chain = " -> ".join(seen + [found[0]])
+                raise WorkflowError(
+                    f"config key training.{group}.parent: a cycle of parents: {chain}"
+                )
+            seen.append(found[0])
+            found = _group_parent(cfg, found[0])
+    for group in groups:
+        found = _group_parent(cfg, group)
+        if found is None:
+            continue
+        pgroup, fixed = found
         child, parent = cfg["training"][group], cfg["training"][pgroup]
         for key, plural in (("estimator", "estimators"), ("amp", "amp"), ("seed", "seeds")):
             wanted = [fixed[key]] if key in fixed else child.get(plural, [1])
@@ -68,15 +84,6 @@ def check_curriculum(cfg):
                     f"{key} {missing} (it trains {plural} {parent.get(plural, [1])}), so "
                     f"the parent model of training.{group} would not exist"
                 )
-    for group in groups:
-        seen = [group]
-        found = _group_parent(cfg, group)
-        while found is not None:
-            if found[0] in seen:
-                chain = " -> ".join(seen + [found[0]])
-                raise WorkflowError(f"config key training.*.parent: a cycle of parents: {chain}")
-            seen.append(found[0])
-            found = _group_parent(cfg, found[0])
 
 
 check_curriculum(config)
