@@ -28,6 +28,7 @@ import torch
 
 from .errors import UserError
 from .io import atomic_path
+from .modelfile import REQUIRED_KEYS
 
 __all__ = [
     "Proposals",
@@ -48,8 +49,8 @@ __all__ = [
     "model_nis",
 ]
 
-#: Keys a model file (written by gaugeflow.training) must hold.
-MODEL_KEYS = ("flow_config", "state_dict", "action", "config")
+#: Keys a model file (`gaugeflow.modelfile.ModelFile`) must hold.
+MODEL_KEYS = REQUIRED_KEYS
 
 #: Observables recorded per step (keys of `physics.observables.measure`).
 OBSERVABLE_KEYS = ("plaquette", "condensate", "sign", "topological_charge")
@@ -139,47 +140,17 @@ class FlowProposer:
 def load_model(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, Any, dict[str, Any], dict[str, Any]]:
-    """Rebuild a trained flow from DIR/model.pt: (flow in eval mode, prior, action, config)."""
-    from .flows.model import build_flow
+    """Rebuild a trained flow from a model file: (flow in eval mode, prior, action, config)."""
     from .flows.prior import UniformPrior
+    from .modelfile import ModelFile
     from .runtime import resolve_device
 
     device = resolve_device(device)
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"model file not found: {path}")
-    try:
-        blob = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise UserError(f"model file {path} could not be read by torch.load: {exc}") from exc
-    if not isinstance(blob, dict):
-        raise UserError(f"model file {path} holds a {type(blob).__name__}, not a dict")
-    for key in MODEL_KEYS:
-        if key not in blob:
-            raise UserError(f"model file {path} lacks key {key!r}; it has {sorted(blob)}")
-    action = dict(blob["action"])
-    for key in ("beta", "kappa"):
-        if key not in action:
-            raise UserError(f"model file {path}: 'action' lacks key {key!r}")
-    flow_config = dict(blob["flow_config"])
-    if "device" in flow_config:  # the device it was trained on need not exist here
-        flow_config["device"] = str(device)
-    flow = build_flow(flow_config)
-    try:
-        flow.load_state_dict(blob["state_dict"])
-    except RuntimeError as exc:
-        raise UserError(f"model file {path}: weights do not fit its flow_config: {exc}") from exc
-    flow = flow.to(device).eval()
+    model = ModelFile.load(path, map_location=device)
+    flow = model.build_flow(device)
     dtype = next((p.dtype for p in flow.parameters() if p.is_floating_point()), torch.float32)
-    prior = UniformPrior(_lattice_size(blob, path), dtype=dtype, device=device)
-    return flow, prior, action, dict(blob["config"])
-
-
-def _lattice_size(blob: Mapping[str, Any], path: Path) -> int:
-    for where in ("flow_config", "config"):
-        if "L" in blob[where]:
-            return int(blob[where]["L"])
-    raise UserError(f"model file {path}: neither flow_config nor config records L")
+    prior = UniformPrior(model.L, dtype=dtype, device=device)
+    return flow, prior, dict(model.action), dict(model.config)
 
 
 def metropolis_step_indices(

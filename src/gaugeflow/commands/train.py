@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
 import yaml
 
+from .. import choices
 from ..errors import UserError
-from ..estimators import ESTIMATORS
 from ..io import require_file
 from ..runtime import configure_threads
+
+# time_limit counts from here: this module is imported when the CLI starts
+_CLI_START = time.monotonic()
+#: exit status of a run stopped by its time limit (EX_TEMPFAIL: "run it again"), so that a
+#: scheduler (Snakemake's retries, a SLURM requeue) does not take the run for finished
+EXIT_TIME_LIMIT = 75
 
 # flag dest -> training config key (None: handled specially)
 _FLAG_KEYS = {
@@ -30,6 +38,8 @@ _FLAG_KEYS = {
     "checkpoint_every": "checkpoint_every",
     "snapshot_every": "snapshot_every",
     "log_every": "log_every",
+    "init_from": "init_from",
+    "time_limit": "time_limit",
 }
 _FLOW_FLAGS = {"n_layers": "n_layers", "hidden": "hidden_channels"}
 
@@ -77,15 +87,34 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         snapshot_dir=args.snapshot_dir,
         progress=args.progress,
+        clock_start=_CLI_START,
     )
     cfg = summary["config"]
+    parent = f", from {summary['parent']['path']}" if summary.get("parent") else ""
     print(
         f"train: {summary['status']} at step {summary['step']}/{cfg['steps']} "
         f"({cfg['estimator']}, L={cfg['L']}, beta={cfg['beta']}, kappa={cfg['kappa']}, "
         f"amp={cfg['amp']}, {summary['n_parameters']} parameters, {summary['device']}, "
-        f"{threads} threads) -> {args.out}"
+        f"{threads} threads{parent}) -> {args.out}"
     )
+    if summary["status"] == "time_limit":
+        print(
+            f"train: stopped by the time limit ({cfg['time_limit']} s); run the same command "
+            f"again to continue to step {cfg['steps']}",
+            file=sys.stderr,
+        )
+        return EXIT_TIME_LIMIT
     return 0
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from exc
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -103,7 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--L", type=int, help="lattice size (multiple of 4)")
     p.add_argument("--beta", type=float)
     p.add_argument("--kappa", type=float, help="hopping parameter; 0 means pure gauge")
-    p.add_argument("--estimator", choices=list(ESTIMATORS))
+    p.add_argument("--estimator", choices=list(choices.ESTIMATORS))
     p.add_argument(
         "--amp",
         action=argparse.BooleanOptionalAction,
@@ -118,12 +147,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-layers", type=int, help="coupling layers (multiple of 8)")
     p.add_argument("--hidden", type=int, help="conditioner hidden channels")
     p.add_argument("--device", help="auto | cpu | cuda")
-    p.add_argument("--dtype", choices=["float32", "float64"])
-    p.add_argument("--assembly", choices=["scatter", "loop"], help="Dirac-matrix assembly")
-    p.add_argument("--action-method", choices=["eo", "full"], help="determinant: even-odd or full")
+    p.add_argument("--dtype", choices=list(choices.DTYPES))
+    p.add_argument("--assembly", choices=list(choices.ASSEMBLIES), help="Dirac-matrix assembly")
+    p.add_argument(
+        "--action-method",
+        choices=list(choices.ACTION_METHODS),
+        help="determinant: even-odd or full",
+    )
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--snapshot-every", type=int, help="write a model snapshot every K steps")
     p.add_argument("--log-every", type=int)
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL.pt",
+        help="warm start: initialise the flow from this model file's weights (same "
+        "architecture, any L; only at step 0, a run with checkpoints resumes from them)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="stop after the step that crosses this wall-clock limit (from the start of this "
+        "command), with a checkpoint, model.pt and status time_limit, and exit with status "
+        f"{EXIT_TIME_LIMIT}; rerun to continue",
+    )
     p.add_argument("--checkpoint-dir", help="resumable state (default OUT/checkpoints)")
     p.add_argument("--snapshot-dir", help="snapshot folder (default OUT/snapshots)")
     p.add_argument(
