@@ -13,15 +13,14 @@ The training clock stops while a score is taken: ``train_seconds`` counts only t
 steps. Scores use their own generator (seed ``--score-seed``), so they never perturb the
 training's random numbers; every score of a run uses new samples.
 
-Training uses the library's pieces (``gaugeflow.training.make_config`` / ``build_components``,
-``gaugeflow.estimators``), the same as ``gaugeflow train``: Adam, one gradient step per
-batch. Learning-rate schedules are functions of the elapsed fraction of the budget
+Each gradient step is the library's ``gaugeflow.training.TrainStep`` (what ``gaugeflow
+train`` runs: Adam, the estimator, samples keyed by seed and step). Learning-rate schedules are functions of the elapsed fraction of the budget
 (``constant``; ``warmup``: linear from 0 over ``--warmup`` seconds, then constant;
 ``cosine``: warm-up then cosine decay to 0 at the budget); for a run of constant step time
 this is the library's step-based schedule.
 
 A warm start (``--init-from MODEL.pt``) loads a parent model's weights into the new flow
-before the first step (the conditioners do not depend on L, so an L = 4 model starts an
+before the first step (``gaugeflow.training.warm_start``, as ``gaugeflow train --init-from``) (the conditioners do not depend on L, so an L = 4 model starts an
 L = 8 run); a parent's own training time is not counted in the child's budget and is
 reported by the summary (``parent_seconds``).
 
@@ -51,11 +50,10 @@ import numpy as np
 import torch
 
 from gaugeflow.analysis import acceptance_rate, ess
-from gaugeflow.estimators import get_estimator
 from gaugeflow.io import save_torch, write_json
 from gaugeflow.physics.action import SchwingerAction
 from gaugeflow.sampling import Proposals, run_chain
-from gaugeflow.training import build_components, make_config, model_payload
+from gaugeflow.training import TrainStep, make_config, model_payload, warm_start
 
 SCORE_COLUMNS = [
     "train_seconds",
@@ -136,20 +134,16 @@ def run(args: argparse.Namespace) -> None:
         }
     )
     torch.manual_seed(config["seed"])
-    generator = torch.Generator(device="cpu").manual_seed(config["seed"])
-    flow, prior, action = build_components(config, torch.device("cpu"))
+    step_fn = TrainStep(config, torch.device("cpu"))
+    flow, prior = step_fn.flow, step_fn.prior
     parent = None
     if args.init_from:
-        blob = torch.load(args.init_from, map_location="cpu", weights_only=True)
-        flow.load_state_dict(blob["state_dict"])
+        parent = warm_start(flow, args.init_from)
         parent_json = Path(args.init_from).with_suffix(".json")
-        parent = {"path": str(args.init_from)}
         if parent_json.exists():
             info = json.loads(parent_json.read_text())
             parent["seconds"] = info.get("train_seconds", float("nan"))
             parent["parent_seconds"] = info.get("parent_seconds", 0.0)
-    estimator = get_estimator(config["estimator"])
-    optimizer = torch.optim.Adam(flow.parameters(), lr=config["lr"])
     action_params = {
         "beta": config["beta"],
         "kappa": config["kappa"],
@@ -158,9 +152,6 @@ def run(args: argparse.Namespace) -> None:
     }
     score_kappa = args.score_kappa if args.score_kappa is not None else config["kappa"]
     score_params = {**action_params, "kappa": score_kappa}
-
-    def log_prob(phi: torch.Tensor) -> torch.Tensor:
-        return action.log_prob(phi)
 
     rows: list[dict[str, float]] = []
     csv_path = out_dir / f"{args.name}.csv"
@@ -196,17 +187,16 @@ def run(args: argparse.Namespace) -> None:
     step_seconds: list[float] = []
     while t_train < args.budget:
         lr = config["lr"] * lr_factor(args.schedule, t_train, args.budget, args.warmup)
-        for group in optimizer.param_groups:
+        # the schedule is a function of training time: set the rate the step uses (and the
+        # base rate the library's constant LambdaLR resets it to after the step)
+        for group in step_fn.optimizer.param_groups:
             group["lr"] = lr
+        step_fn.scheduler.base_lrs = [lr]
         t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        z = prior.sample(config["batch_size"], generator=generator)
-        out = estimator(flow, prior, log_prob, z)
-        if not torch.isfinite(out.loss):
-            print(f"[{args.name}] non-finite loss at step {step + 1}; stopping", flush=True)
+        result = step_fn.run(step + 1)
+        if result.divergence is not None:
+            print(f"[{args.name}] {result.divergence.message}; stopping", flush=True)
             break
-        out.loss.backward()
-        optimizer.step()
         dt = time.perf_counter() - t0
         step_seconds.append(dt)
         t_train += dt

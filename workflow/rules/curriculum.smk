@@ -14,20 +14,16 @@
 # Wall-clock limit: every training job (stages and the train checkpoint) gets
 # `--time-limit` = its `runtime` resource (minutes) minus a margin of max(2 min, 10 %), so that
 # on SLURM the job stops cleanly, with a checkpoint, before its walltime. A job stopped by the
-# limit exits with code 75 (so that Snakemake does not take its partial model as done); its
-# resumable state is kept outside the declared outputs, and a rerun (or `--retries N`)
-# continues from the checkpoint to the requested steps.
+# limit exits with code 75 (`gaugeflow train` does), so Snakemake does not take its partial
+# model as done; its resumable state is kept outside the declared outputs, and a rerun (or
+# `snakemake --retries N`) continues from the checkpoint to the requested steps.
 #
 # Warm starts act only at step 0; when a job's parent model changes (another SHA-256 than the
 # one its resumable state was started from), that state is discarded and the run starts over
 # from the new parent (otherwise it would "resume" an old run and ignore the new parent).
 
-import hashlib
-
 PRETRAIN_DIR = "results/runs/pretrain/{group}/L{L}-{estimator}-{prec}-s{seed}/stage{stage}"
 PRETRAIN_STATE = "results/state/pretrain/{group}/L{L}-{estimator}-{prec}-s{seed}/stage{stage}"
-# exit status of a training job stopped by its time limit (EX_TEMPFAIL: try again)
-TIME_LIMIT_EXIT = 75
 
 
 wildcard_constraints:
@@ -187,15 +183,6 @@ def warm_state_reset(state, init):
     )
 
 
-def time_limit_check(summary):
-    """Shell: exit TIME_LIMIT_EXIT when the run stopped at its time limit (not finished)."""
-    return (
-        f"if grep -q '\"status\": \"time_limit\"' {summary}; then"
-        f" echo 'stopped by --time-limit; rerun to continue from the checkpoint' >&2;"
-        f" exit {TIME_LIMIT_EXIT}; fi"
-    )
-
-
 rule pretrain:
     input:
         init=stage_init_input,
@@ -207,7 +194,6 @@ rule pretrain:
         flags=stage_flags,
         init=init_flag,
         reset=lambda w, input: warm_state_reset(PRETRAIN_STATE.format(**w), input.get("init")),
-        check=lambda w, output: time_limit_check(output.summary),
         state=PRETRAIN_STATE,
         time_limit=lambda w, resources: time_limit_seconds(resources.runtime),
     log:
@@ -225,4 +211,4 @@ rule pretrain:
         "({params.reset})"
         " && gaugeflow train --out $(dirname {output.model}) {params.flags} {params.init}"
         " --time-limit {params.time_limit} --checkpoint-dir {params.state}/checkpoints"
-        " > {log} 2>&1 && ({params.check})"
+        " > {log} 2>&1"
