@@ -30,6 +30,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/figure_cost.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/paper.smk"
 
