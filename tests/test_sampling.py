@@ -305,7 +305,7 @@ def _cli(*argv: str) -> int:
     return main([*argv, "--device", "cpu", "--no-progress"] if argv[0] != "analyze" else list(argv))
 
 
-def test_cli_verbs_write_the_contracted_keys(tmp_path):
+def test_cli_verbs_write_the_contracted_keys(tmp_path, capsys):
     import json
 
     _, payload = _tiny_payload(L=4)
@@ -335,6 +335,14 @@ def test_cli_verbs_write_the_contracted_keys(tmp_path):
         assert set(analysis[key]) >= {"mean", "error", "tau_int", "tau_int_error"}, key
     assert set(analysis["bridges"]) >= {"count", "longest", "long_lengths"}
     assert analysis["seed"] == 4 and analysis["config"]["seed"] == 0
+    # every estimate says whether it can be trusted (issue 17): 300 steps of an untrained
+    # flow are far too few, and the summary line says so with the reason
+    for key in ("plaquette", "condensate", "sign", "topological_charge"):
+        assert isinstance(analysis[key]["reliable"], bool) and "reason" in analysis[key], key
+    assert analysis["n_distinct"] == int(chain["accepted"].sum())
+    assert analysis["longest_rejection_run"] == analysis["bridges"]["longest"]
+    assert analysis["reliable"] is False and analysis["reason"]
+    assert f"unreliable: {analysis['reason']}" in capsys.readouterr().out
     # the chain file keeps every proposal's log densities, so it also gives an NIS estimate
     assert chain["proposal_logq"].shape == (300,)
     assert set(analysis["nis"]) >= {"free_energy", "free_energy_error", "ess"}
@@ -351,6 +359,13 @@ def test_cli_verbs_write_the_contracted_keys(tmp_path):
     assert set(nis) >= {"free_energy", "free_energy_error", "ess", "plaquette", "condensate"}
     assert set(nis["condensate"]) == {"mean", "error"}
     assert 0 < nis["ess"] <= 1
+    for key in ("pareto_k", "pareto_k_threshold", "ess_count", "psis_log_z", "reason"):
+        assert key in nis, key
+    assert nis["ess_count"] == pytest.approx(300 * nis["ess"])
+    assert nis["pareto_k_threshold"] == pytest.approx(1 - 1 / math.log10(300))
+    line = capsys.readouterr().out
+    assert f"k̂ {nis['pareto_k']:.2f}" in line
+    assert ("unreliable: k̂ = " in line) == (not nis["reliable"]), line
 
     assert _cli("sample", *common, "--kappa", "0", "--out", str(tmp_path / "c0.npz")) == 0
     assert float(load_npz(tmp_path / "c0.npz")["kappa"]) == 0.0
@@ -389,6 +404,64 @@ def test_uniform_proposals_reproduce_exact_pure_u1_at_small_beta():
     pull = (nis["free_energy"] - exact["free_energy"]) / nis["free_energy_error"]
     assert abs(pull) < 3, (nis["free_energy"], nis["free_energy_error"], exact)
     assert abs(nis["plaquette"]["mean"] - exact["plaquette"]) < 3 * nis["plaquette"]["error"]
+
+
+def test_uniform_proposals_at_beta_2_on_8x8_are_flagged_unreliable():
+    """Identity flow at beta = 2, L = 8: the prior's ESS is ~1e-22, so 4096 proposals say
+    nothing about Z; the PSIS verdict must say so instead of quoting an error bar."""
+    from gaugeflow.analysis import nis_estimates
+    from gaugeflow.flows.prior import UniformPrior
+
+    source = FlowProposer(
+        IdentityFlow(),
+        UniformPrior(8),
+        {"beta": 2.0, "kappa": 0.0},
+        torch.Generator().manual_seed(5),
+    )
+    props = draw_proposals(source, 4096, batch_size=1024)
+    nis = nis_estimates(props.logq, props.logp, {})
+    assert nis["ess_count"] < 20, nis
+    assert nis["pareto_k"] > nis["pareto_k_threshold"] and nis["reliable"] is False, nis
+    assert nis["reason"].startswith("k̂ = ")
+
+
+#: A small flow for pure U(1) at L = 4 that trains in well under a CPU minute (r.t., seed
+#: fixed); its 4096 fresh proposals give ESS ~ 0.15 and k-hat ~ 0.45.
+PURE_U1_L4 = {
+    "L": 4,
+    "beta": 2.0,
+    "kappa": 0.0,
+    "estimator": "rt",
+    "steps": 200,
+    "batch_size": 64,
+    "lr": 3e-3,
+    "seed": 1,
+    "device": "cpu",
+    "flow": {"n_layers": 8, "hidden_channels": 16},
+    "checkpoint_every": 1000,
+}
+
+
+@pytest.mark.slow
+def test_trained_flow_flagged_reliable_reproduces_exact_log_z(tmp_path):
+    """Pure U(1), kappa = 0, beta = 2, L = 4 (exactly solvable): the trained flow's NIS on 4096
+    fresh proposals is flagged reliable by PSIS, and then its log Z (plain and PSIS) agrees
+    with the exact one within 3 errors. (An estimate flagged unreliable may miss.)"""
+    from gaugeflow.physics.exact import exact_pure_gauge
+    from gaugeflow.sampling import model_nis
+    from gaugeflow.training import train
+
+    torch.set_num_threads(1)  # same seed -> same numbers (conftest restores the count)
+    summary = train(PURE_U1_L4, tmp_path, progress=False)
+    assert summary["status"] == "completed"
+    exact = exact_pure_gauge(2.0, 4)["log_z"]
+    nis = model_nis(tmp_path / "model.pt", n=4096, seed=2, batch_size=1024, device="cpu")
+    report = {k: nis[k] for k in ("ess", "pareto_k", "log_z", "free_energy_error", "psis_log_z")}
+    report["exact"] = exact
+    # the precondition: this flow is good enough to be trusted (else the test proves nothing)
+    assert nis["reliable"] is True, report
+    assert abs(nis["log_z"] - exact) < 3 * nis["free_energy_error"], report
+    assert abs(nis["psis_log_z"] - exact) < 3 * nis["psis_log_z_error"], report
 
 
 #: A small flow for pure U(1) at L = 8 that trains in about a CPU minute (r.t., seed fixed).

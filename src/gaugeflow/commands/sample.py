@@ -67,6 +67,13 @@ def _fmt(value: float, error: float) -> str:
     return f"{value:.6g} +- {error:.2g}"
 
 
+def _verdict(entry: Any) -> str:
+    """'' for a reliable estimate, else '; unreliable: <reason>' (the summary lines' warning)."""
+    if not isinstance(entry, dict) or entry.get("reliable", True):
+        return ""
+    return f"; unreliable: {entry.get('reason') or 'no reason given'}"
+
+
 def _run_sample(args: argparse.Namespace) -> int:
     from ..analysis import acceptance_rate
     from ..sampling import chain_metadata, sample_model, save_chain
@@ -110,7 +117,8 @@ def _run_nis(args: argparse.Namespace) -> int:
     write_json(args.out, result)
     print(
         f"F = {_fmt(result['free_energy'], result['free_energy_error'])}, "
-        f"ESS {result['ess']:.4f} -> {args.out}"
+        f"ESS {result['ess']:.4f} ({result['ess_count']:.1f} samples), "
+        f"k̂ {result['pareto_k']:.2f}{_verdict(result)} -> {args.out}"
     )
     return 0
 
@@ -143,7 +151,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
     print(
         f"acceptance {result['acceptance']:.4f}, condensate {_fmt(cond['mean'], cond['error'])}"
         f" (tau_int {cond['tau_int']:.3g}), bridges longer than {args.bridge_threshold}: "
-        f"{len(result['bridges']['long_lengths'])} -> {args.out}"
+        f"{len(result['bridges']['long_lengths'])}, {result['n_distinct']} distinct "
+        f"configurations{_verdict(result)} -> {args.out}"
     )
     return 0
 
@@ -171,8 +180,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "nis",
         help="neural importance sampling: free energy, ESS, reweighted observables",
         description="Draw --n independent proposals; write free_energy (F = -log Z, Lebesgue "
-        "measure), free_energy_error, ess and reweighted plaquette, condensate, sign, "
-        "topological_charge as {mean, error}.",
+        "measure), free_energy_error, ess (fraction), ess_count, reweighted plaquette, "
+        "condensate, sign, topological_charge as {mean, error}, and the PSIS verdict: "
+        "pareto_k, pareto_k_threshold = min(1 - 1/log10 N, 0.7), psis_log_z(_error), "
+        "reliable (k-hat <= threshold) and reason.",
     )
     _add_model_args(p, n_default=None)
     p.set_defaults(func=_run_nis)
@@ -180,8 +191,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "analyze",
         help="Gamma-method errors, tau_int and bridges of a chain",
-        description="Write acceptance, {mean, error, tau_int, tau_int_error} per observable "
-        "(pyerrors Gamma method, tau_int = 0.5 for uncorrelated data) and bridges.",
+        description="Write acceptance, {mean, error, tau_int, tau_int_error, window, reliable, "
+        "reason} per observable (pyerrors Gamma method, tau_int = 0.5 for uncorrelated data; "
+        "reliable when N >= 100 (tau_int + its error), the window was found inside the data "
+        "and >= 100 distinct configurations were visited), bridges, n_distinct, "
+        "longest_rejection_run, and the chain's reliable and reason.",
     )
     p.add_argument("--chain", required=True, help="chain file written by `gaugeflow sample`")
     p.add_argument("--out", required=True, help="output JSON")

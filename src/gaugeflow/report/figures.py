@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from ..errors import UserError
 from ..io import atomic_path, load_npz, read_json, require_file
+from . import reliability
 from .records import variant_label
 
 __all__ = [
@@ -201,6 +202,7 @@ def history_figure(
             note += f"; acceptance {100 * float(acc):.1f}%"
         if tau is not None:
             note += rf"; $\tau_{{int}}$(condensate) = {float(tau):.1f}"
+        note += reliability.figure_note(analysis)
     fig.suptitle(f"{title}\n{note}" if title else note, fontsize="medium")
     return fig
 
