@@ -7,7 +7,9 @@ seconds of training on ``--n-score`` FRESH samples (never the training batch):
   samples' log weights log P - log q;
 - ``acceptance``: acceptance of an independence Metropolis chain run on those same fresh
   proposals (``gaugeflow.sampling.run_chain``, ``gaugeflow.analysis.acceptance_rate``);
-- ``free_energy``: mean(log q - log P) of the fresh samples (F_q, an upper bound of F).
+- ``free_energy``: mean(log q - log P) of the fresh samples (F_q, an upper bound of F);
+- ``pareto_k`` / ``reliable``: `gaugeflow.analysis.nis_verdict` of the same log weights
+  (PSIS k-hat against its threshold): an ESS whose verdict is unreliable is an upper guess.
 
 The training clock stops while a score is taken: ``train_seconds`` counts only training
 steps. Scores use their own generator (seed ``--score-seed``), so they never perturb the
@@ -49,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gaugeflow.analysis import acceptance_rate, ess
+from gaugeflow.analysis import acceptance_rate, ess, nis_verdict
 from gaugeflow.io import save_torch, write_json
 from gaugeflow.physics.action import SchwingerAction
 from gaugeflow.sampling import Proposals, run_chain
@@ -61,6 +63,8 @@ SCORE_COLUMNS = [
     "ess",
     "acceptance",
     "free_energy",
+    "pareto_k",
+    "reliable",
     "lr",
     "score_seconds",
     "load1",
@@ -108,8 +112,11 @@ def score(flow, prior, action_params, n: int, seed: int, batch: int = 256) -> di
     chain, offered = run_chain(source, n, np.random.default_rng(seed), batch_size=batch)
     flow.train()
     logw = offered.logp - offered.logq
+    verdict = nis_verdict(logw)
     return {
         "ess": ess(logw),
+        "pareto_k": float(verdict["pareto_k"]),
+        "reliable": bool(verdict["reliable"]),
         "acceptance": acceptance_rate(chain["accepted"]),
         "free_energy": float(np.mean(-logw)),
     }
@@ -230,6 +237,12 @@ def run(args: argparse.Namespace) -> None:
 # summary
 
 
+def _number(text: str) -> float:
+    if text in ("True", "False"):
+        return 1.0 if text == "True" else 0.0
+    return float(text) if text else float("nan")
+
+
 def summary(args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -246,7 +259,7 @@ def summary(args: argparse.Namespace) -> None:
     for info in infos:
         s = info["settings"]
         with open(folder / f"{info['name']}.csv", newline="") as fh:
-            rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+            rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
         table.append(
             {
                 "name": info["name"],
@@ -267,6 +280,9 @@ def summary(args: argparse.Namespace) -> None:
                 "acc_final": round(rows[-1]["acceptance"], 3),
                 "F_q_final": round(rows[-1]["free_energy"], 3),
                 "ess_best": round(max(r["ess"] for r in rows), 4),
+                # PSIS verdict of the final score (runs scored before it was added: nan)
+                "k_final": round(rows[-1].get("pareto_k", float("nan")), 2),
+                "reliable": {1.0: "yes", 0.0: "no"}.get(rows[-1].get("reliable"), "?"),
                 "load1": round(float(np.mean([r["load1"] for r in rows])), 1),
                 "rows": rows,
             }
