@@ -299,7 +299,7 @@ def summary(args: argparse.Namespace) -> None:
 
     groups = sorted({(r["L"], r["kappa"]) for r in table})
     fig, axes = plt.subplots(
-        2, len(groups), figsize=(4.2 * len(groups), 6.4), squeeze=False, sharex="col"
+        3, len(groups), figsize=(4.2 * len(groups), 8.8), squeeze=False, sharex="col"
     )
     for col, (L, kappa) in enumerate(groups):
         for r in (r for r in table if (r["L"], r["kappa"]) == (L, kappa)):
@@ -308,11 +308,18 @@ def summary(args: argparse.Namespace) -> None:
             style = "--" if r["init_from"] else "-"
             axes[0, col].plot(t, [x["ess"] for x in r["rows"]], style, label=r["name"])
             axes[1, col].plot(t, [x["acceptance"] for x in r["rows"]], style, label=r["name"])
+            axes[2, col].plot(t, [x["free_energy"] for x in r["rows"]], style, label=r["name"])
         axes[0, col].set_title(f"L = {L}, kappa = {kappa}")
         axes[0, col].set_yscale("log")
         axes[0, col].set_ylabel("ESS (fresh samples)")
         axes[1, col].set_ylabel("acceptance (fresh chain)")
-        axes[1, col].set_xlabel(
+        # while the ESS sits near its floor 1/N, F_q (lower is better) still tells runs apart
+        axes[2, col].set_ylabel("F_q (fresh samples)")
+        lows = [
+            x["free_energy"] for r in table if (r["L"], r["kappa"]) == (L, kappa) for x in r["rows"]
+        ]
+        axes[2, col].set_ylim(min(lows) - 1, np.percentile(lows, 80) + 1)
+        axes[2, col].set_xlabel(
             "training wall clock [s]" + (" incl. parents" if args.include_parent else "")
         )
         axes[0, col].legend(fontsize=6)
