@@ -37,6 +37,17 @@ def test_snapshots_sit_at_their_wall_clock_and_the_sentence_compares_equal_time(
     assert "RE 100, r.t. 50" in sentence and "RE trains fastest" in sentence
 
 
+def test_a_run_without_a_snapshot_by_then_is_not_available(tmp_path):
+    # one snapshot each (as in the tiny config): RE's comes at 12 s, r.t.'s only at 24 s
+    rt = load_cost_run(*_run_files(tmp_path, "rt", 2.0, {12: 0.5}), "rt", False)
+    re = load_cost_run(*_run_files(tmp_path, "re", 1.0, {12: 0.3}), "reinforce", False)
+    sentence = cost_sentence([rt, re])
+    assert sentence.startswith(
+        "After 12~s of training, the ESS on fresh samples is RE 0.30, r.t. n/a"
+    )
+    assert "RE 12, r.t. no snapshot yet" in sentence and "fastest" not in sentence
+
+
 def test_missing_ess_column_and_unknown_snapshot_step_are_named(tmp_path):
     metrics, acceptance = _run_files(tmp_path, "a", 1.0, {50: 0.3})
     pd.read_csv(acceptance).drop(columns="ess").to_csv(acceptance, index=False)

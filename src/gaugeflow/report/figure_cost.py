@@ -106,31 +106,34 @@ def cost_figure(runs: Sequence[CostRun], title: str = "") -> Figure:
     return fig
 
 
-def _ess_at(run: CostRun, seconds: float) -> float:
-    """ESS of the last snapshot taken by `seconds` of training (NaN if none)."""
-    before = run.points[run.points["seconds"] <= seconds + 1e-9]
-    return float(before["ess"].iloc[-1]) if len(before) else float("nan")
-
-
 def cost_sentence(runs: Sequence[CostRun]) -> str:
-    """One sentence comparing the fp32 runs at the wall clock the shortest of them reached."""
+    """One sentence comparing the fp32 runs at the wall clock the shortest of them reached.
+
+    Each run is quoted by its last snapshot taken by then; a run with none by then is "n/a".
+    """
     fp32 = [r for r in runs if not r.amp and len(r.points)] or [r for r in runs if len(r.points)]
     if not fp32:
         raise UserError("cost figure: no run has a snapshot")
     horizon = min(float(r.points["seconds"].max()) for r in fp32)
-    scored = sorted(((_ess_at(r, horizon), r) for r in fp32), key=lambda x: -np.nan_to_num(x[0]))
-    parts = [f"{r.label} {e:.2f}" for e, r in scored]
-    best, best_run = scored[0]
-    steps = {
-        r.label: int(r.points[r.points["seconds"] <= horizon + 1e-9]["step"].max())
-        for _, r in scored
-    }
-    step_text = ", ".join(f"{k} {v}" for k, v in steps.items())
-    return (
-        f"After {horizon:.0f}~s of training, the ESS on fresh samples is {', '.join(parts)} "
-        f"(steps taken by then: {step_text}), so per second of wall clock "
-        f"{best_run.label} trains fastest here."
+    scored = []
+    for run in fp32:
+        taken = run.points[run.points["seconds"] <= horizon + 1e-9]
+        ess = float(taken["ess"].iloc[-1]) if len(taken) else float("nan")
+        steps = int(taken["step"].iloc[-1]) if len(taken) else None
+        scored.append((ess, steps, run))
+    scored.sort(key=lambda x: -x[0] if np.isfinite(x[0]) else np.inf)
+    parts = [f"{r.label} {e:.2f}" if np.isfinite(e) else f"{r.label} n/a" for e, _, r in scored]
+    steps = ", ".join(
+        f"{r.label} {n}" if n is not None else f"{r.label} no snapshot yet" for _, n, r in scored
     )
+    text = (
+        f"After {horizon:.0f}~s of training, the ESS on fresh samples is {', '.join(parts)} "
+        f"(steps taken by then: {steps})"
+    )
+    finite = [x for x in scored if np.isfinite(x[0])]
+    if len(finite) > 1 and finite[0][0] > finite[1][0]:
+        return text + f", so per second of wall clock {finite[0][2].label} trains fastest here."
+    return text + "."
 
 
 def tex_escape(text: str) -> str:
