@@ -170,3 +170,15 @@ def test_two_stages_chain_end_to_end_and_rerun_only_what_changed(tmp_path):
     assert plan.returncode == 0, text[-3000:]
     planned = set(planned_commands(text))
     assert planned == {f"{STAGES}/stage2/model.pt", target}, planned
+
+    # and for real: the run starts over from the new stage 2 (its resumable state, started
+    # from the old one, is dropped), stage 1 is untouched
+    stage1_sha = _sha256(stage1 / "model.pt")
+    rerun = snakemake(target, "--cores", "1", "--configfile", str(changed), workdir=workdir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert _sha256(stage1 / "model.pt") == stage1_sha
+    stage2_summary = json.loads((stage2 / "summary.json").read_text())
+    assert stage2_summary["step"] == 3
+    summary = json.loads((final / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 4
+    assert summary["parent"]["sha256"] == _sha256(stage2 / "model.pt")

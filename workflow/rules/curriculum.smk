@@ -18,9 +18,9 @@
 # model as done; its resumable state is kept outside the declared outputs, and a rerun (or
 # `snakemake --retries N`) continues from the checkpoint to the requested steps.
 #
-# Warm starts act only at step 0; when a job's parent model changes (another SHA-256 than the
-# one its resumable state was started from), that state is discarded and the run starts over
-# from the new parent (otherwise it would "resume" an old run and ignore the new parent).
+# Warm starts act only at step 0; when a job's parent model changes (its resumable state keeps
+# a copy of the model it started from), that state is discarded and the run starts over from
+# the new parent (otherwise it would "resume" the old run and ignore the new parent).
 
 PRETRAIN_DIR = "results/runs/pretrain/{group}/L{L}-{estimator}-{prec}-s{seed}/stage{stage}"
 PRETRAIN_STATE = "results/state/pretrain/{group}/L{L}-{estimator}-{prec}-s{seed}/stage{stage}"
@@ -171,13 +171,16 @@ def init_flag(wildcards, input):
 
 
 def warm_state_reset(state, init):
-    """Shell: drop resumable state started from another parent model than `init` (if any)."""
+    """Shell: drop resumable state started from another parent model than `init`.
+
+    The state folder keeps a copy of the model it started from (init_from.pt; compared with
+    POSIX `cmp`, no hashing tool needed); state started from scratch has none. A run whose
+    parent changed, appeared or went away starts over.
+    """
+    copy = f"{state}/init_from.pt"
     if not init:
-        return "true"
-    mark = f"{state}/init_from.sha256"
+        return f"if [ -f {copy} ]; then rm -rf {state}; fi"
     return (
-        f'sha=$(sha256sum {init} | cut -d" " -f1)'
-        f' && if [ -d {state} ] && [ "$(cat {mark} 2>/dev/null)" != "$sha" ];'
-        f" then rm -rf {state}; fi"
-        f" && mkdir -p {state} && echo $sha > {mark}"
+        f"if [ -d {state} ] && ! cmp -s {init} {copy}; then rm -rf {state}; fi"
+        f" && mkdir -p {state} && cp {init} {copy}"
     )
