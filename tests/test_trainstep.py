@@ -227,13 +227,15 @@ def test_warm_start_refuses_another_architecture(parent):
     assert "n_layers" not in str(info.value)
 
 
-def test_init_from_is_ignored_on_resume(parent, tmp_path):
+def test_init_from_is_ignored_on_resume(parent, tmp_path, capsys):
     cfg = {**TINY, "steps": 4, "checkpoint_every": 2, "init_from": str(parent)}
     train(cfg, tmp_path / "ref")
     train({**cfg, "steps": 2}, tmp_path / "run")
     # resumed: the (now missing) init_from file is not read again, the parent stays recorded
+    capsys.readouterr()
     summary = train({**cfg, "init_from": str(tmp_path / "gone.pt")}, tmp_path / "run")
     assert summary["status"] == "completed" and summary["parent"]["path"] == str(parent)
+    assert "gone.pt is ignored" in capsys.readouterr().err
     a = ModelFile.load(tmp_path / "ref" / "model.pt").state_dict
     b = ModelFile.load(tmp_path / "run" / "model.pt").state_dict
     _assert_same_weights(a, b)

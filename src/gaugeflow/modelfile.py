@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from . import __version__
 from .errors import UserError
 from .io import save_torch
 
-__all__ = ["FORMAT_VERSION", "REQUIRED_KEYS", "ARCHITECTURE_EXEMPT", "ModelFile", "sha256"]
+__all__ = ["FORMAT_VERSION", "REQUIRED_KEYS", "ARCHITECTURE_EXEMPT", "ModelFile", "file_sha256"]
 
 FORMAT_VERSION = 1
 #: keys every model file must hold (files from before FORMAT_VERSION 1 hold these too)
@@ -38,7 +39,8 @@ REQUIRED_KEYS = ("flow_config", "state_dict", "action", "config")
 ARCHITECTURE_EXEMPT = frozenset({"L", "dtype", "device"})
 
 
-def sha256(path: str | Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file, read in blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -56,7 +58,9 @@ class ModelFile:
     gaugeflow_version: str | None = __version__
     parent: dict[str, str] | None = None
     format_version: int = FORMAT_VERSION
+    #: where it was read from and the SHA-256 of the bytes read (None when built in memory)
     path: Path | None = field(default=None, compare=False, repr=False)
+    sha256: str | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_flow(
@@ -99,7 +103,8 @@ class ModelFile:
         if not path.is_file():
             raise UserError(f"model file not found: {path}")
         try:
-            blob = torch.load(path, map_location=map_location, weights_only=True)
+            data = path.read_bytes()  # hashed as read: the record names exactly these bytes
+            blob = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
         except Exception as exc:
             raise UserError(f"model file {path} could not be read by torch.load: {exc}") from exc
         if not isinstance(blob, dict):
@@ -129,6 +134,7 @@ class ModelFile:
             parent=blob.get("parent"),
             format_version=version,
             path=path,
+            sha256=hashlib.sha256(data).hexdigest(),
         )
 
     @property
@@ -182,6 +188,6 @@ class ModelFile:
 
     def parent_record(self) -> dict[str, str]:
         """{path, sha256} of the file this model was read from (for a warm start's record)."""
-        if self.path is None:
+        if self.path is None or self.sha256 is None:
             raise ValueError("parent_record needs a ModelFile read from a file")
-        return {"path": str(self.path), "sha256": sha256(self.path)}
+        return {"path": str(self.path), "sha256": self.sha256}

@@ -23,7 +23,7 @@ import torch
 from .. import __version__
 from ..errors import UserError
 from ..io import write_json
-from ..modelfile import ModelFile
+from ..modelfile import ModelFile, file_sha256
 from ..runtime import resolve_device, seed_everything
 from .checkpoint import Checkpointer, MetricsLog, restore_rng
 from .config import action_params, make_config
@@ -47,11 +47,11 @@ def warm_start(flow: torch.nn.Module, path: str | Path) -> dict[str, str]:
     parent = ModelFile.load(path)
     diff = parent.architecture_differences(flow.config)
     if diff:
-        mine, theirs = parent.flow_config, flow.config
-        details = ", ".join(f"{k}: {mine.get(k)!r} there, {theirs.get(k)!r} here" for k in diff)
+        theirs, mine = parent.flow_config, flow.config
+        details = "; ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in diff)
         raise UserError(
-            f"init_from {path}: the flow architecture differs in keys {diff} ({details}); "
-            "only L may differ"
+            f"init_from {path}: its flow architecture differs from this run's in keys {diff} "
+            f"({details}); only L (and dtype, device) may differ"
         )
     parent.load_weights_into(flow)
     return parent.parent_record()
@@ -74,13 +74,26 @@ def _resume_or_init(step: TrainStep, ckpt: Checkpointer, config: dict[str, Any])
     step.load_state_dict(state["train_step"])
     restore_rng(state["rng"])
     parent = state.get("parent")
-    if config["init_from"] and (parent is None or parent["path"] != config["init_from"]):
+    _warn_if_parent_changed(config["init_from"], parent, ckpt)
+    return _Start(int(state["step"]), float(state["wall_time"]), parent, resumed=True)
+
+
+def _warn_if_parent_changed(init_from: str | None, parent: dict | None, ckpt) -> None:
+    """init_from is ignored on resume; say so when it no longer names the recorded parent."""
+    if not init_from:
+        return
+    same = (
+        parent is not None
+        and parent["path"] == init_from
+        and (not Path(init_from).is_file() or file_sha256(init_from) == parent["sha256"])
+    )
+    if not same:
+        began = f"{parent['path']} (sha256 {parent['sha256'][:12]})" if parent else "scratch"
         print(
-            f"train: resuming from {ckpt.latest()}; init_from {config['init_from']} is "
-            f"ignored (the run started from {parent['path'] if parent else 'scratch'})",
+            f"train: resuming from {ckpt.latest()}; init_from {init_from} is ignored (this run "
+            f"began from {began}); delete {ckpt.dir} to start over from the new parent",
             file=sys.stderr,
         )
-    return _Start(int(state["step"]), float(state["wall_time"]), parent, resumed=True)
 
 
 class _Progress:

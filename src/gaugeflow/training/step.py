@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -142,7 +142,7 @@ class TrainStep:
         )
         self.amp_dtype, use_scaler = amp_settings(config, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        self.parts: Iterable[int] = range(config["n_batches"])
+        self.parts: Sequence[int] = range(config["n_batches"])
 
     # -- the pieces ----------------------------------------------------------------------------
 
