@@ -32,6 +32,7 @@ __all__ = [
     "chain_sentence",
     "nis_sentence",
     "figure_note",
+    "chain_macros",
 ]
 
 DAGGER = r"\ensuremath{^\dagger}"
@@ -116,3 +117,31 @@ def figure_note(analysis: Mapping | None) -> str:
     if not is_unreliable(analysis):
         return ""
     return f"\nUNRELIABLE: {reason(analysis)}".replace("$", r"\$")
+
+
+#: chain macros (without their group suffix) -> the analysis.json entry whose verdict they carry
+_CHAIN_VALUE_MACROS = {"gfCond": "condensate", "gfSigma": "sign", "gfPlaq": "plaquette"}
+
+
+def chain_macros(
+    group: str, values: Mapping[str, str], analysis: Mapping | None, nis: Mapping | None
+) -> dict[str, str]:
+    """The paper macros of one chain group (suffix ``group``, e.g. 'Main') with the verdicts.
+
+    ``values`` are the macros as computed from the numbers; the result replaces condensate,
+    sign, plaquette and free energy by "unreliable" where their entry says so, qualifies the
+    condensate's tau_int, and adds gfChainVerdict<group> and gfNisVerdict<group> (sentences,
+    '' when reliable).
+    """
+    a, n = analysis or {}, nis or {}
+    out = {}
+    for stem, key in _CHAIN_VALUE_MACROS.items():
+        if f"{stem}{group}" in values:
+            out[f"{stem}{group}"] = macro(values[f"{stem}{group}"], a.get(key))
+    if f"gfTauCond{group}" in values:
+        out[f"gfTauCond{group}"] = qualified(values[f"gfTauCond{group}"], a.get("condensate"))
+    if f"gfFreeEnergy{group}" in values:
+        out[f"gfFreeEnergy{group}"] = macro(values[f"gfFreeEnergy{group}"], n)
+    out[f"gfChainVerdict{group}"] = chain_sentence(a)
+    out[f"gfNisVerdict{group}"] = nis_sentence(n)
+    return out
