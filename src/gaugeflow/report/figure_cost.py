@@ -106,10 +106,13 @@ def cost_figure(runs: Sequence[CostRun], title: str = "") -> Figure:
     return fig
 
 
-def cost_sentence(runs: Sequence[CostRun]) -> str:
-    """One sentence comparing the fp32 runs at the wall clock the shortest of them reached.
+def cost_sentence(runs: Sequence[CostRun], margin: float = 2.0) -> str:
+    """One sentence from the figure: each fp32 run's seconds per step, and its ESS at the wall
+    clock the shortest of them reached (its last snapshot by then; "n/a" if none).
 
-    Each run is quoted by its last snapshot taken by then; a run with none by then is "n/a".
+    One estimator is called the fastest only when its ESS is at least ``margin`` times every
+    other's: the ESS of a few thousand fresh samples jumps by tens of percent between
+    snapshots, so a smaller lead is not read as a ranking.
     """
     fp32 = [r for r in runs if not r.amp and len(r.points)] or [r for r in runs if len(r.points)]
     if not fp32:
@@ -117,22 +120,29 @@ def cost_sentence(runs: Sequence[CostRun]) -> str:
     horizon = min(float(r.points["seconds"].max()) for r in fp32)
     scored = []
     for run in fp32:
+        last = run.points.iloc[-1]
+        per_step = float(last["seconds"]) / max(int(last["step"]), 1)
         taken = run.points[run.points["seconds"] <= horizon + 1e-9]
         ess = float(taken["ess"].iloc[-1]) if len(taken) else float("nan")
         steps = int(taken["step"].iloc[-1]) if len(taken) else None
-        scored.append((ess, steps, run))
+        scored.append((ess, steps, per_step, run))
     scored.sort(key=lambda x: -x[0] if np.isfinite(x[0]) else np.inf)
-    parts = [f"{r.label} {e:.2f}" if np.isfinite(e) else f"{r.label} n/a" for e, _, r in scored]
-    steps = ", ".join(
-        f"{r.label} {n}" if n is not None else f"{r.label} no snapshot yet" for _, n, r in scored
-    )
+    costs = ", ".join(f"{r.label} {c:.2f}~s" for _, _, c, r in scored)
+    parts = []
+    for ess, steps, _, run in scored:
+        if steps is None:
+            parts.append(f"{run.label} n/a (no snapshot yet)")
+        else:
+            parts.append(f"{run.label} {ess:.2f} after {steps} steps")
     text = (
-        f"After {horizon:.0f}~s of training, the ESS on fresh samples is {', '.join(parts)} "
-        f"(steps taken by then: {steps})"
+        f"A training step took {costs}; after {horizon:.0f}~s of training the ESS on fresh "
+        f"samples is {', '.join(parts)}"
     )
     finite = [x for x in scored if np.isfinite(x[0])]
-    if len(finite) > 1 and finite[0][0] > finite[1][0]:
-        return text + f", so per second of wall clock {finite[0][2].label} trains fastest here."
+    if len(finite) > 1 and finite[0][0] >= margin * finite[1][0]:
+        return text + f", so per second of wall clock {finite[0][3].label} trains fastest here."
+    if len(finite) > 1:
+        return text + ", within the snapshot-to-snapshot scatter of one another."
     return text + "."
 
 
