@@ -351,6 +351,8 @@ def test_cli_verbs_write_the_contracted_keys(tmp_path, capsys):
     acc = json.loads((tmp_path / "acc.json").read_text())
     # same seed: same proposals and draws, so the action-only path decides identically
     assert acc["acceptance"] == analysis["acceptance"]
+    # and its ESS is that of the same fresh proposals (the cost figure's y axis)
+    assert acc["ess"] == pytest.approx(analysis["nis"]["ess"], rel=1e-6)
 
     assert _cli("nis", *common, "--out", str(tmp_path / "nis.json")) == 0
     nis = json.loads((tmp_path / "nis.json").read_text())

@@ -363,14 +363,18 @@ def model_acceptance(
     kappa: float | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Acceptance rate of an n-step chain (paper fig. 2 right); only the action is evaluated."""
-    from .analysis import acceptance_rate, bridges
+    """Acceptance rate of an n-step chain (paper fig. 2 right); only the action is evaluated.
+
+    ``ess`` is the importance-sampling ESS of the chain's n fresh proposals (no extra cost).
+    """
+    from .analysis import acceptance_rate, bridges, ess
 
     source, meta = open_model(path, seed, device, beta, kappa, with_observables=False)
-    chain = independence_metropolis(source, n, np.random.default_rng(seed), batch_size, progress)
+    chain, offered = run_chain(source, n, np.random.default_rng(seed), batch_size, progress)
     br = bridges(chain["accepted"])
     return {
         "acceptance": acceptance_rate(chain["accepted"]),
+        "ess": ess(offered.logp - offered.logq),
         "n": int(n),
         "longest_bridge": br["longest"],
         **meta,

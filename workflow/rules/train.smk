@@ -8,6 +8,8 @@
 # but the next run resumes from the last checkpoint. Snapshots are hard-linked (or copied)
 # into the run folder at the end.
 checkpoint train:
+    input:
+        init=train_init_input,  # curriculum.smk: the parent's / last stage's model, if any
     output:
         model="results/runs/train/{group}/L{L}-{estimator}-{prec}-s{seed}/model.pt",
         metrics="results/runs/train/{group}/L{L}-{estimator}-{prec}-s{seed}/metrics.csv",
@@ -18,6 +20,9 @@ checkpoint train:
         state=STATE_DIR,
         launch=train_launch,
         ranks=train_rank_flags,
+        init=init_flag,
+        reset=lambda w, input: warm_state_reset(STATE_DIR.format(**w), input.get("init")),
+        time_limit=lambda w, resources: time_limit_seconds(resources.runtime),
     log:
         "results/logs/train/{group}/L{L}-{estimator}-{prec}-s{seed}.log",
     benchmark:
@@ -30,7 +35,9 @@ checkpoint train:
     conda:
         ENV
     shell:
-        "{params.launch}gaugeflow train --out $(dirname {output.model}) {params.flags} {params.ranks}"
+        "({params.reset})"
+        " && {params.launch}gaugeflow train --out $(dirname {output.model}) {params.flags}"
+        " {params.ranks} {params.init} --time-limit {params.time_limit}"
         " --checkpoint-dir {params.state}/checkpoints --snapshot-dir {params.state}/snapshots"
         " > {log} 2>&1"
         " && mkdir -p {params.state}/snapshots {output.snapshots}"

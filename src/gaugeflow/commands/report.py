@@ -142,8 +142,10 @@ def _collect_acceptance(args: argparse.Namespace) -> int:
         record = read_json(path, "acceptance record")
         if "acceptance" not in record:
             raise UserError(f"acceptance record {path} lacks key 'acceptance'")
-        rows.append({"step": step, "acceptance": float(record["acceptance"])})
-    frame = pd.DataFrame(rows, columns=["step", "acceptance"]).sort_values("step")
+        # ess: of the chain's fresh proposals (records written before issue 14 lack it)
+        ess = float(record.get("ess", float("nan")))
+        rows.append({"step": step, "acceptance": float(record["acceptance"]), "ess": ess})
+    frame = pd.DataFrame(rows, columns=["step", "acceptance", "ess"]).sort_values("step")
     write_text(args.out, frame.to_csv(index=False))
     print(f"collect-acceptance: {len(rows)} snapshots -> {args.out}")
     return 0
