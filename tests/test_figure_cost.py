@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -62,7 +64,12 @@ def test_cli_writes_figure_data_and_macro(tmp_path):
     m2, a2 = _run_files(tmp_path, "re", 1.0, {50: 0.3, 100: 0.6})
     out = {k: tmp_path / f"figcost.{k}" for k in ("pdf", "png", "csv", "tex")}
     argv = ["figure-cost", "--metrics", str(m1), str(m2), "--acceptance", str(a1), str(a2)]
-    argv += ["--estimators", "rt", "reinforce", "--amp", "false", "false"]
+    summaries = []
+    for name, est in (("rt", "rt"), ("re", "reinforce")):
+        s = tmp_path / f"{name}-summary.json"
+        s.write_text(json.dumps({"config": {"estimator": est, "amp": False, "seed": 0, "L": 4}}))
+        summaries.append(str(s))
+    argv += ["--summaries", *summaries]
     argv += ["--pdf", str(out["pdf"]), "--png", str(out["png"])]
     argv += ["--data", str(out["csv"]), "--tex", str(out["tex"])]
     assert cli_main(argv) == 0

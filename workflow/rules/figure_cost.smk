@@ -10,6 +10,7 @@ rule figcost:
     input:
         metrics=train_files("main", "metrics.csv"),
         acceptance=train_files("main", "acceptance.csv"),
+        summaries=train_files("main", "summary.json"),
         code=REPORT_CODE,
     output:
         pdf="results/figures/figcost.pdf",
@@ -19,7 +20,6 @@ rule figcost:
         data="results/figures/figcost.csv",
         tex="results/figures/figcost.tex",
     params:
-        runs=training_figure_params("main"),
         title=f"L = {config['training']['main']['L']}; {config['scale']}",
     log:
         "results/logs/figures/figcost.log",
@@ -33,6 +33,6 @@ rule figcost:
         ENV
     shell:
         "gaugeflow figure-cost --metrics {input.metrics} --acceptance {input.acceptance}"
-        " --estimators {params.runs[estimators]} --amp {params.runs[amp]}"
+        " --summaries {input.summaries}"
         " --title {params.title:q} --pdf {output.pdf} --png {output.png}"
         " --data {output.data} --tex {output.tex} > {log} 2>&1"

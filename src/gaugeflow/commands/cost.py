@@ -13,12 +13,12 @@ from ..errors import UserError
 
 def _run(args: argparse.Namespace) -> int:
     n = len(args.metrics)
-    if not (len(args.acceptance) == len(args.estimators) == len(args.amp) == n):
+    if not (len(args.acceptance) == len(args.summaries) == n):
         raise UserError(
-            "figure-cost: --metrics, --acceptance, --estimators and --amp need one entry per "
-            f"run; got {n}, {len(args.acceptance)}, {len(args.estimators)}, {len(args.amp)}"
+            "figure-cost: --metrics, --acceptance and --summaries need one entry per run; "
+            f"got {n}, {len(args.acceptance)}, {len(args.summaries)}"
         )
-    from ..io import atomic_path, write_text
+    from ..io import atomic_path, read_json, write_text
     from ..report.figure_cost import (
         cost_figure,
         cost_sentence,
@@ -26,12 +26,12 @@ def _run(args: argparse.Namespace) -> int:
         load_cost_run,
         tex_escape,
     )
+    from ..report.figures import run_setting
 
+    settings = [run_setting(read_json(s), s) for s in args.summaries]
     runs = [
-        load_cost_run(m, a, e, amp)
-        for m, a, e, amp in zip(
-            args.metrics, args.acceptance, args.estimators, args.amp, strict=True
-        )
+        load_cost_run(m, a, s["estimator"], s["amp"])
+        for m, a, s in zip(args.metrics, args.acceptance, settings, strict=True)
     ]
     fig = cost_figure(runs, args.title or "")
     for path, fmt in ((args.pdf, "pdf"), (args.png, "png")):
@@ -44,15 +44,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in {"1", "true", "yes", "amp"}:
-        return True
-    if value in {"0", "false", "no", "fp32"}:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """`gaugeflow figure-cost`: the cost figure, its data (CSV) and its sentence (LaTeX)."""
     p = sub.add_parser(
@@ -61,8 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--metrics", nargs="+", required=True, help="metrics.csv per run")
     p.add_argument("--acceptance", nargs="+", required=True, help="acceptance.csv per run")
-    p.add_argument("--estimators", nargs="+", required=True)
-    p.add_argument("--amp", nargs="+", type=_bool, required=True)
+    p.add_argument(
+        "--summaries",
+        nargs="+",
+        required=True,
+        help="summary.json per run (estimator and amp are read from its config)",
+    )
     p.add_argument("--title")
     p.add_argument("--pdf", required=True)
     p.add_argument("--png", required=True)
