@@ -413,3 +413,20 @@ def test_training_config_takes_loop_as_the_papers_implementation():
     assert make_config({"assembly": "scatter", "action_method": "full"})["action_method"] == "full"
     with pytest.raises(UserError, match="'action_method' must be 'full'"):
         make_config({"assembly": "loop", "action_method": "eo"})
+
+
+@pytest.mark.parametrize("method", ["eo", "full"])
+def test_index_tables_first_built_in_inference_mode_serve_autograd_later(method):
+    """Sampling (inference mode) may build the cached index tables first; training in the same
+    process must still differentiate through them (a fresh L, so the tables are new here)."""
+    action = SchwingerAction(beta=2.0, kappa=0.276, method=method)
+    theta = torch.rand(
+        2, 2, 20, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
+    )
+    with torch.inference_mode():
+        reference = action(theta)
+    theta = theta.clone().requires_grad_(True)
+    value = action(theta)
+    value.sum().backward()
+    assert torch.allclose(value.detach(), reference, rtol=0, atol=1e-9)
+    assert torch.isfinite(theta.grad).all()

@@ -24,7 +24,7 @@ S = 1 - D_oe D_eo, a matrix of half the size (8x fewer flops in the determinant)
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import lru_cache, wraps
 
 import torch
 
@@ -116,6 +116,20 @@ def _check_dirac_input(theta: torch.Tensor, kappa: float) -> tuple[int, float]:
     return L, check_kappa(kappa)
 
 
+def _index_cache(build):
+    """Cache an index-table builder per L. The tables are built outside inference mode, so
+    that a table first made under ``torch.inference_mode`` (sampling) is an ordinary tensor
+    that later autograd (training, in the same process) may save for backward."""
+
+    @lru_cache(maxsize=64)
+    @wraps(build)
+    def cached(L: int):
+        with torch.inference_mode(False):
+            return build(L)
+
+    return cached
+
+
 @lru_cache(maxsize=64)
 def _neighbour_table(L: int) -> tuple[tuple[int, ...], ...]:
     table = []
@@ -175,7 +189,7 @@ def hop_blocks(theta: torch.Tensor, kappa: float) -> torch.Tensor:
     return phases.reshape(*phases.shape[:2], L * L, 1, 1) * spin[None, :, None]
 
 
-@lru_cache(maxsize=64)
+@_index_cache
 def _scatter_index(L: int) -> torch.Tensor:
     """Flat index row * n + col of every entry of every hopping block, in hop_blocks order."""
     n = 2 * L * L
@@ -251,7 +265,7 @@ def dirac_matrix(theta: torch.Tensor, kappa: float, assembly: str = "scatter") -
     return _scatter_blocks(blocks, _scatter_index(L), 2 * L * L, blocks.dtype)
 
 
-@lru_cache(maxsize=64)
+@_index_cache
 def _schur_index(L: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each odd site o and hops k1, k2: the even site e = o + k1, and the flat index in
     S of the 2x2 block (o, o + k1 + k2), in odd-site numbering."""
