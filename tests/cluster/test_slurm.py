@@ -359,7 +359,8 @@ training:
   checkpoint_every: 5
   snapshot_every: 30
   main: {L: 4, estimators: [reinforce], amp: [false], seeds: [1], steps: 30, batch_size: 16}
-  large: {L: 4, estimators: [reinforce], amp: [false], seeds: [1], steps: 30, batch_size: 8, n_batches: 2}
+  large: {L: 4, estimators: [reinforce], amp: [false], seeds: [1], steps: 30, batch_size: 8, n_batches: 2,
+          parent: {group: main, estimator: reinforce}}
 chains:
   nis: false
 measure:
