@@ -27,3 +27,22 @@ def generator() -> torch.Generator:
 def rng() -> np.random.Generator:
     """A numpy generator with a fixed seed."""
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def pdflatex():
+    """Compile a LaTeX document in a folder with pdflatex; fails the test on a LaTeX error."""
+    import subprocess
+
+    def compile_doc(folder, doc: str) -> None:
+        (folder / "doc.tex").write_text(doc)
+        result = subprocess.run(
+            ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout[-2000:]
+
+    return compile_doc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -98,7 +97,7 @@ def test_history_figure_title_says_unreliable(bad_analysis, good_analysis):
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
-def test_unreliable_macros_compile_with_pdflatex(tmp_path, bad_analysis, bad_nis):
+def test_unreliable_macros_compile_with_pdflatex(tmp_path, bad_analysis, bad_nis, pdflatex):
     defined = macros.build_macros(
         {"scale": "s"}, analyses={"main": bad_analysis}, nis={"main": bad_nis}
     )
@@ -112,12 +111,4 @@ def test_unreliable_macros_compile_with_pdflatex(tmp_path, bad_analysis, bad_nis
         "\\documentclass{article}\\usepackage[utf8]{inputenc}\\usepackage{amsmath}"
         "\\input{macros}\\begin{document}" + text + "\n\\end{document}\n"
     )
-    (tmp_path / "doc.tex").write_text(doc)
-    result = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout[-2000:]
+    pdflatex(tmp_path, doc)

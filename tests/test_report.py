@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -527,7 +526,7 @@ def test_table_cli_writes_tex_and_csv(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
-def test_generated_tables_and_macros_compile_with_pdflatex(tmp_path):
+def test_generated_tables_and_macros_compile_with_pdflatex(tmp_path, pdflatex):
     paths = [
         timing(tmp_path, 8, "rt", 1.0, bs=1536, arch=PAPER_ARCH),
         timing(tmp_path, 8, "reinforce", 0.5, bs=1536, arch=PAPER_ARCH, status="oom"),
@@ -545,15 +544,7 @@ def test_generated_tables_and_macros_compile_with_pdflatex(tmp_path):
         "\\documentclass{article}\\usepackage{booktabs,amsmath}"
         "\\input{macros}\\begin{document}" + text + "\n" + body + "\\end{document}\n"
     )
-    (tmp_path / "doc.tex").write_text(doc)
-    result = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout[-2000:]
+    pdflatex(tmp_path, doc)
     assert is_pdf(tmp_path / "doc.pdf")
 
 
