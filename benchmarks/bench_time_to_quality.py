@@ -137,7 +137,11 @@ def run(args: argparse.Namespace) -> None:
             "seed": args.seed,
             "device": "cpu",
             "assembly": args.assembly,
-            "flow": {"n_layers": args.n_layers, "hidden_channels": args.hidden},
+            "flow": {
+                "n_layers": args.n_layers,
+                "hidden_channels": args.hidden,
+                "holonomy": args.holonomy,
+            },
         }
     )
     torch.manual_seed(config["seed"])
@@ -269,7 +273,7 @@ def summary(args: argparse.Namespace) -> None:
                 "lr": s["lr"],
                 "schedule": s["schedule"],
                 "batch": s["batch_size"],
-                "flow": f"{s['n_layers']}x{s['hidden']}",
+                "flow": f"{s['n_layers']}x{s['hidden']}" + ("+hol" if s.get("holonomy") else ""),
                 "threads": info["threads"],
                 "init_from": Path(s["init_from"]).stem if s.get("init_from") else "",
                 "parent_s": round(info.get("parent_seconds", 0.0), 1),
@@ -346,6 +350,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=float, default=0.0, help="warm-up seconds")
     p.add_argument("--n-layers", type=int, default=8)
     p.add_argument("--hidden", type=int, default=16)
+    p.add_argument(
+        "--holonomy", action="store_true", help="flow.holonomy: two holonomy layers at the end"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--budget", type=float, default=240.0, help="training seconds")
     p.add_argument("--score-every", type=float, default=30.0, help="training seconds")

@@ -303,6 +303,7 @@ def test_default_config_is_the_paper_architecture():
         "kernel_size": 3,
         "dilations": [1, 2, 3],
         "loops": True,
+        "holonomy": False,
         "dtype": "float32",
         "device": "auto",
     }

@@ -264,10 +264,11 @@ def train_flags(wildcards):
         f"--kappa {config['physics']['kappa']}",
         f"--n-layers {config['architecture']['n_layers']}",
         f"--hidden {config['architecture']['hidden']}",
+        "--holonomy" if config["architecture"].get("holonomy") else "",
         f"--device {config['device']}",
         "--no-progress",
     ]
-    return " ".join(flags)
+    return " ".join(flag for flag in flags if flag)
 
 
 def snapshot_steps(wildcards):

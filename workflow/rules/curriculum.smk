@@ -160,10 +160,11 @@ def stage_flags(wildcards):
         f"--kappa {stage.get('kappa', phys['kappa'])}",
         f"--n-layers {config['architecture']['n_layers']}",
         f"--hidden {config['architecture']['hidden']}",
+        "--holonomy" if config["architecture"].get("holonomy") else "",
         f"--device {config['device']}",
         "--no-progress",
     ]
-    return " ".join(flags)
+    return " ".join(flag for flag in flags if flag)
 
 
 def init_flag(wildcards, input):

@@ -43,7 +43,7 @@ _FLAG_KEYS = {
     "init_from": "init_from",
     "time_limit": "time_limit",
 }
-_FLOW_FLAGS = {"n_layers": "n_layers", "hidden": "hidden_channels"}
+_FLOW_FLAGS = {"n_layers": "n_layers", "hidden": "hidden_channels", "holonomy": "holonomy"}
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -213,6 +213,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--n-layers", type=int, help="coupling layers (multiple of 8)")
     p.add_argument("--hidden", type=int, help="conditioner hidden channels")
+    p.add_argument(
+        "--holonomy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="append two holonomy layers that shape the Polyakov-loop angles (flow key "
+        "holonomy; not in the paper, off by default)",
+    )
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--dtype", choices=list(choices.DTYPES))
     p.add_argument("--assembly", choices=list(choices.ASSEMBLIES), help="Dirac-matrix assembly")

@@ -5,6 +5,7 @@ configurations phi with log q(phi) = prior.log_prob(z) - log_det.
 """
 
 from .coupling import GaugeEquivariantCoupling
+from .holonomy import HolonomyCoupling
 from .model import CONFIG_KEYS, Flow, build_flow, default_config, validate_config
 from .prior import UniformPrior
 
@@ -12,6 +13,7 @@ __all__ = [
     "CONFIG_KEYS",
     "Flow",
     "GaugeEquivariantCoupling",
+    "HolonomyCoupling",
     "UniformPrior",
     "build_flow",
     "default_config",

@@ -1,8 +1,12 @@
 """The flow: a stack of gauge-equivariant coupling layers, built from a JSON-able config.
 
 log q(phi) = prior.log_prob(z) - log_det, where (phi, log_det) = flow(z); reverse gives
-(z, log_det_reverse) with log_det_reverse = -log_det at the same point. Weights are drawn from
-torch's global generator: call torch.manual_seed before build_flow for reproducible ones.
+(z, log_det_reverse) with log_det_reverse = -log_det at the same point. With ``holonomy: true``
+(not in the paper; off by default) two `HolonomyCoupling` layers (mu = 0, then mu = 1) follow
+the coupling layers and shape the global Polyakov-loop angles, which plaquette-conditioned
+couplings leave uniform. Weights are drawn from torch's global generator: call
+torch.manual_seed before build_flow for reproducible ones (the holonomy layers draw theirs
+after the couplings, so these are the same with and without them).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from ..errors import UserError
 from ..physics.u1 import check_theta
 from ..runtime import resolve_device, resolve_dtype
 from .coupling import GaugeEquivariantCoupling
+from .holonomy import HolonomyCoupling
 from .masks import check_lattice_size, layer_schedule
 from .splines import MIN_BIN_FRACTION
 
@@ -31,6 +36,7 @@ _PAPER: dict[str, Any] = {
     "kernel_size": 3,
     "dilations": [1, 2, 3],
     "loops": True,
+    "holonomy": False,
     "dtype": "float32",
     "device": "auto",
 }
@@ -81,9 +87,10 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
             f"circular padding of {reach} sites (kernel_size {out['kernel_size']}, dilation "
             f"{max(out['dilations'])}) exceeds the lattice size L={out['L']}"
         )
-    if not isinstance(merged["loops"], bool):
-        raise UserError(f"flow config key 'loops' must be true or false; got {merged['loops']!r}")
-    out["loops"] = merged["loops"]
+    for key in ("loops", "holonomy"):
+        if not isinstance(merged[key], bool):
+            raise UserError(f"flow config key {key!r} must be true or false; got {merged[key]!r}")
+        out[key] = merged[key]
     dtype = merged["dtype"]
     out["dtype"] = str(resolve_dtype(dtype)).removeprefix("torch.")
     device = merged["device"]
@@ -112,6 +119,11 @@ class Flow(nn.Module):
                 loops=cfg["loops"],
             )
             for mu, k in layer_schedule(cfg["n_layers"])
+        )
+        # empty unless holonomy: a flow without them has the state_dict it always had
+        self.holonomy_layers = nn.ModuleList(
+            HolonomyCoupling(cfg["L"], mu, cfg["n_bins"], cfg["hidden_channels"])
+            for mu in ((0, 1) if cfg["holonomy"] else ())
         )
         self.to(dtype=resolve_dtype(cfg["dtype"]), device=resolve_device(cfg["device"]))
 
@@ -148,7 +160,7 @@ class Flow(nn.Module):
         """Prior sample z -> (phi, log|det d phi / d z|) per sample."""
         self._check_input(z)
         log_det = z.new_zeros(z.shape[0])
-        for layer in self.layers:
+        for layer in [*self.layers, *self.holonomy_layers]:
             z, step = layer(z)
             log_det = log_det + step
         return z, log_det
@@ -157,7 +169,7 @@ class Flow(nn.Module):
         """Configuration phi -> (z, log|det d z / d phi|) per sample."""
         self._check_input(phi)
         log_det = phi.new_zeros(phi.shape[0])
-        for layer in reversed(self.layers):
+        for layer in reversed([*self.layers, *self.holonomy_layers]):
             phi, step = layer.reverse(phi)
             log_det = log_det + step
         return phi, log_det
@@ -173,18 +185,24 @@ class Flow(nn.Module):
         )
         updates = cfg["n_layers"] / 8
         inputs = "frozen plaquettes" + (", 2x1 and 1x2 loops" if cfg["loops"] else "")
-        return "\n".join(
-            [
-                f"gauge-equivariant flow, L = {cfg['L']}",
-                f"  coupling layers: {cfg['n_layers']} (each link updated {updates:g} times)",
-                f"  spline: circular rational-quadratic, {cfg['n_bins']} bins "
-                f"({3 * cfg['n_bins']} parameters per active plaquette)",
-                f"  conditioner: {net} (circular padding)",
-                f"  conditioner inputs: cos, sin of {inputs}",
-                f"  parameters: {self.n_parameters():,} ({per_layer[0]:,} per layer)",
-                f"  dtype {cfg['dtype']}, device {device or cfg['device']}",
+        lines = [
+            f"gauge-equivariant flow, L = {cfg['L']}",
+            f"  coupling layers: {cfg['n_layers']} (each link updated {updates:g} times)",
+            f"  spline: circular rational-quadratic, {cfg['n_bins']} bins "
+            f"({3 * cfg['n_bins']} parameters per active plaquette)",
+            f"  conditioner: {net} (circular padding)",
+            f"  conditioner inputs: cos, sin of {inputs}",
+            f"  parameters: {self.n_parameters():,} ({per_layer[0]:,} per coupling layer)",
+            f"  dtype {cfg['dtype']}, device {device or cfg['device']}",
+        ]
+        if self.holonomy_layers:
+            size = sum(p.numel() for p in self.holonomy_layers.parameters())
+            lines[-2:-2] = [
+                f"  holonomy layers: 2 after the couplings (mu = 0, then 1; {size:,} parameters): "
+                "a spline of the line-0",
+                "    Polyakov-loop angle, all mu-links shifted by its change / L (not in the paper)",
             ]
-        )
+        return "\n".join(lines)
 
 
 def build_flow(config: Mapping[str, Any]) -> Flow:

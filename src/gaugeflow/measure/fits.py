@@ -70,6 +70,8 @@ def fit_dag_results(
             continue
         inputs = rec.inputs.to_json()
         arch = {k: v for k, v in (rec.flow_config or {}).items() if k not in ("L", "device")}
+        if arch:  # flow configs recorded before the key existed lack it; it was false then
+            arch.setdefault("holonomy", False)
         key = tuple(inputs[k] for k in FIT_GROUP_KEYS) + (repr(sorted(arch.items())),)
         groups[key][rec.inputs.L] = int(rec.results["nodes"])
         meta[key] = {**{k: inputs[k] for k in FIT_GROUP_KEYS}, "architecture": arch}
