@@ -259,7 +259,7 @@ def train_flags(wildcards):
         f"--lr {t['lr']}",
         f"--assembly {t['assembly']}",
         f"--checkpoint-every {t['checkpoint_every']}",
-        f"--snapshot-every {t['snapshot_every']}",
+        f"--snapshot-every {g.get('snapshot_every', t['snapshot_every'])}",
         f"--beta {config['physics']['beta']}",
         f"--kappa {config['physics']['kappa']}",
         f"--n-layers {config['architecture']['n_layers']}",
