@@ -101,20 +101,19 @@ class HolonomyCoupling(nn.Module):
         other = theta[:, 1 - self.mu]
         return torch.stack((links, other) if self.mu == 0 else (other, links), dim=1)
 
-    def forward(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prior side -> target side: (new theta, log g'(h) per sample)."""
+    def _transform(self, theta: torch.Tensor, spline) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map the line-0 holonomy through `spline` (forward or inverse) and shift the links."""
         loops = polyakov_loops(theta, self.mu)
         params = self._spline_params(theta, loops)
         with torch.autocast(theta.device.type, enabled=False):
-            h = torch.remainder(loops[:, 0], TWO_PI)
-            g, log_slope = spline_forward(h, params)
-        return self._shift_links(theta, g - h), log_slope
+            old = torch.remainder(loops[:, 0], TWO_PI)
+            new, log_slope = spline(old, params)
+        return self._shift_links(theta, new - old), log_slope
+
+    def forward(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prior side -> target side: (new theta, log g'(h) per sample)."""
+        return self._transform(theta, spline_forward)
 
     def reverse(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Target side -> prior side: (old theta, -log g'(h) per sample)."""
-        loops = polyakov_loops(theta, self.mu)
-        params = self._spline_params(theta, loops)
-        with torch.autocast(theta.device.type, enabled=False):
-            g = torch.remainder(loops[:, 0], TWO_PI)
-            h, log_slope = spline_inverse(g, params)
-        return self._shift_links(theta, h - g), log_slope
+        return self._transform(theta, spline_inverse)
