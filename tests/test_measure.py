@@ -403,3 +403,126 @@ def test_fit_gives_the_closed_form_least_squares_numbers_it_gave_before_the_spli
     exact = M.fit_quadratic([4, 8], [1380, 2340])
     assert (exact["a"], exact["b"]) == (20, 1060) and type(exact["a"]) is int
     assert exact["exact"] and exact["formula"] == "20 L^2 + 1060"
+
+
+# ------------------------------------------------------------------------------------------
+# timing rows: the columns of one Table 1 row timed together, one step of each in turn
+
+
+def test_rotation_puts_every_configuration_once_in_every_position():
+    labels = ["a", "b", "c"]
+    rounds = [M.timing.rotation(labels, r) for r in range(3)]
+    assert rounds == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    for position in range(3):
+        assert sorted(order[position] for order in rounds) == labels
+    assert M.timing.rotation(labels, 4) == rounds[1]
+
+
+def _row_variants() -> list[dict]:
+    return [
+        _cfg(4, "rt", "loop"),
+        _cfg(4, "reinforce", "scatter"),
+        _cfg(4, "reinforce", "loop", amp=True),
+    ]
+
+
+def test_a_timing_row_steps_in_rotating_order_and_does_the_work_each_does_alone(monkeypatch):
+    order: list[tuple[int, str]] = []
+    real = M.timing.gradient_step
+
+    def spy(setup, phase_timer=None):
+        order.append((phase_timer is not None, M.row_label(setup.config)))
+        return real(setup, phase_timer=phase_timer)
+
+    monkeypatch.setattr(M.timing, "gradient_step", spy)
+    records = M.run_timing_row(_row_variants(), steps=3, warmup=1)
+    labels = ["rt-fp32-loop", "reinforce-fp32-scatter", "reinforce-amp-loop"]
+    # warm-up round 0, then timed rounds 1-3, each a rotation of the last
+    expected = [(r > 0, label) for r in range(4) for label in M.timing.rotation(labels, r)]
+    assert order == expected
+    for record, label in zip(records, labels, strict=True):
+        assert record.ok and record.kind == "timing" and record.results["steps"] == 3
+        assert record.results["interleaved_with"] == [x for x in labels if x != label]
+        assert record.results["round_order"] == "rotating"
+        assert len(record.results["samples"]["step_seconds"]) == 3
+        assert record.results["total_seconds"] == pytest.approx(
+            sum(record.results["samples"]["step_seconds"])
+        )
+        assert record.results["row_seconds"] >= record.results["total_seconds"]
+    assert records[2].inputs.amp and records[0].inputs.assembly == "loop"
+
+    # interleaving changes no configuration's work: the weights after the row equal those
+    # after the same steps of the configuration measured alone (same seeds), bit for bit
+    monkeypatch.setattr(M.timing, "gradient_step", real)
+    setups = {M.row_label(v): M.build_setup(v) for v in _row_variants()}
+    M.measure_timing_interleaved(dict(setups), steps=2, warmup=1)
+    alone = M.build_setup(_row_variants()[1])
+    M.measure_timing(alone, steps=2, warmup=1)
+    together = setups["reinforce-fp32-scatter"].flow.state_dict()
+    for name, tensor in alone.flow.state_dict().items():
+        assert torch.equal(tensor, together[name]), name
+
+
+def test_a_timing_row_records_one_column_out_of_memory_and_measures_the_others(monkeypatch):
+    real = M.timing.gradient_step
+    calls = {"n": 0}
+
+    def oom_in_amp(setup, phase_timer=None):
+        if setup.config["amp"]:
+            calls["n"] += 1
+            if calls["n"] == 2:  # its first timed step
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+        return real(setup, phase_timer=phase_timer)
+
+    monkeypatch.setattr(M.timing, "gradient_step", oom_in_amp)
+    records = M.run_timing_row(_row_variants(), steps=3, warmup=1)
+    assert [r.status for r in records] == ["ok", "ok", "oom"]
+    assert "out of memory" in records[2].error and records[2].results["step_seconds"] is None
+    assert records[2].results["steps"] == 3  # known without running (as for one configuration)
+    assert all(r.results["steps"] == 3 for r in records[:2])
+
+    def boom(setup, phase_timer=None):
+        raise ZeroDivisionError("not a memory error")
+
+    monkeypatch.setattr(M.timing, "gradient_step", boom)
+    with pytest.raises(ZeroDivisionError):
+        M.run_timing_row(_row_variants(), steps=1, warmup=0)
+
+
+def test_timing_row_cli_writes_one_record_per_variant_and_refuses_bad_flags(tmp_path, capsys):
+    base = ["measure", "timing-row", "--L", "4", "--batch-size", "2", "--n-layers", "8",
+            "--hidden", "8", "--device", "cpu", "--steps", "2", "--warmup", "0"]  # fmt: skip
+    outs = [tmp_path / "a.json", tmp_path / "b.json"]
+    argv = [*base, "--variant", "rt:fp32:loop", "--out", str(outs[0]),
+            "--variant", "reinforce:amp:scatter", "--out", str(outs[1])]  # fmt: skip
+    assert cli_main(argv) == 0
+    a, b = (M.load_record(p) for p in outs)
+    assert (a.inputs.estimator, a.inputs.amp, a.inputs.assembly) == ("rt", False, "loop")
+    assert (b.inputs.estimator, b.inputs.amp, b.inputs.assembly) == ("reinforce", True, "scatter")
+    assert a.results["interleaved_with"] == ["reinforce-amp-scatter"] and b.ok
+    assert capsys.readouterr().out.count("measure timing") == 2
+    for bad, named in (
+        (
+            [*base, "--variant", "rt:fp32:loop", "--variant", "rt:fp32:scatter", "--out", "x.json"],
+            "one --out per --variant",
+        ),  # fmt: skip
+        ([*base, "--variant", "rt:fp16:loop", "--out", "x.json"], "unknown precision 'fp16'"),
+        ([*base, "--variant", "rt-fp32-loop", "--out", "x.json"], "ESTIMATOR:PREC:ASSEMBLY"),
+        (
+            [
+                *base,
+                "--variant",
+                "rt:fp32:loop",
+                "--out",
+                "x.json",
+                "--variant",
+                "rt:fp32:loop",
+                "--out",
+                "y.json",
+            ],
+            "repeated: ['rt-fp32-loop']",
+        ),  # fmt: skip
+    ):
+        assert cli_main(bad) != 0
+        assert named in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists() and not Path("x.json").exists()

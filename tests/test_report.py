@@ -169,6 +169,21 @@ def test_table1_speedup_is_rt_time_over_variant_time_in_the_same_row(tmp_path):
     assert r"\begin{tabular}" in t.latex and r"\bottomrule" in t.latex
 
 
+def test_table1_says_when_its_rows_were_timed_together(tmp_path):
+    def rec(est, step, rows_together):
+        path = timing(tmp_path, 8, est, step)
+        if rows_together:
+            data = json.loads(path.read_text())
+            data.update(round_order="rotating", interleaved_with=["x"], row_seconds=9.0)
+            path.write_text(json.dumps(data))
+        return path
+
+    together = tables.table1(load([rec("rt", 2.0, True), rec("reinforce", 0.5, True)]))
+    assert any("timed together" in note for note in together.notes)
+    apart = tables.table1(load([rec("rt", 2.0, True), rec("reinforce", 0.5, False)]))
+    assert not any("timed together" in note for note in apart.notes)
+
+
 def test_table1_uses_best_rt_at_that_L_when_rt_ran_out_of_memory(tmp_path):
     recs = load(
         [

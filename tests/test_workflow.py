@@ -267,6 +267,16 @@ def test_tiny_config_end_to_end_builds_every_figure_table_and_the_paper(tmp_path
 # --- measurements run alone (issue 16) ---------------------------------------------------
 
 MEASURE_ALONE = ("timing", "ops", "memory")
+MEASURE_RULES = ("measure", "measure_timing_row")
+
+
+def measured_kind(block: dict[str, str]) -> str | None:
+    """The kind a job block measures (a timing row measures timing), None if it measures none."""
+    if block["rule"] == "measure_timing_row":
+        return "timing"
+    if block["rule"] == "measure":
+        return re.search(r"kind=(\w+)", block["wildcards"]).group(1)
+    return None
 
 
 def job_blocks(text: str) -> list[dict[str, str]]:
@@ -289,11 +299,11 @@ def test_timing_ops_and_memory_jobs_hold_every_core_and_measure_on_the_configure
         "-n", "-p", "--cores", "3", "--configfile", "config/tiny.yaml", workdir=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    measures = [b for b in job_blocks(result.stdout + result.stderr) if b["rule"] == "measure"]
-    kinds = {re.search(r"kind=(\w+)", b["wildcards"]).group(1) for b in measures}
+    measures = [b for b in job_blocks(result.stdout + result.stderr) if measured_kind(b)]
+    kinds = {measured_kind(b) for b in measures}
     assert kinds == {"timing", "dag", "ops", "memory"}
     for b in measures:
-        kind = re.search(r"kind=(\w+)", b["wildcards"]).group(1)
+        kind = measured_kind(b)
         # the measurement itself: resources.measure.threads of config/tiny.yaml
         assert " --threads 1 " in b["shell"], b["shell"]
         if kind in MEASURE_ALONE:  # all 3 cores held: the scheduler can start nothing beside
@@ -308,10 +318,54 @@ def test_measure_exclusive_false_lets_measurements_share_the_machine(tmp_path):
     config = bad_config(tmp_path, lambda cfg: cfg["measure"].update(exclusive=False))
     result = snakemake("-n", "-p", "--cores", "3", "--configfile", str(config), workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    measures = [b for b in job_blocks(result.stdout + result.stderr) if b["rule"] == "measure"]
-    assert measures
+    measures = [b for b in job_blocks(result.stdout + result.stderr) if measured_kind(b)]
+    assert {measured_kind(b) for b in measures} == {"timing", "dag", "ops", "memory"}
     for b in measures:
         assert b.get("threads", "1") == "1" and "--exclusive" not in b["resources"], b
+
+
+def test_each_table1_row_is_one_job_timing_its_variants_together(tmp_path):
+    measure = yaml.safe_load((REPO / "config/tiny.yaml").read_text())["measure"]
+    variants = measure["variants"]
+    result = snakemake(
+        "-n", "-p", "table1", "--cores", "2", "--configfile", "config/tiny.yaml",
+        workdir=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    blocks = job_blocks(result.stdout + result.stderr)
+    rows = [b for b in blocks if b["rule"] == "measure_timing_row"]
+    assert len(rows) == len(measure["table1"]) and not [b for b in blocks if b["rule"] == "measure"]
+    for b in rows:
+        assert "gaugeflow measure timing-row" in b["shell"]
+        # every column of the row, each with its own record, in the order of measure.variants
+        pairs = re.findall(r"--variant (\S+) --out (\S+)", b["shell"].split(")")[0])
+        expected = [f"{v['estimator']}:{'amp' if v.get('amp') else 'fp32'}:{v['assembly']}"
+                    for v in variants]  # fmt: skip
+        assert [spec for spec, _ in pairs] == expected, b["shell"]
+        for spec, out in pairs:
+            assert out.startswith("results/runs/measure/timing/")
+            assert "-".join(spec.split(":")) in out
+        assert b["shell"].endswith("|| exit 1")  # config/tiny.yaml: on_failure: stop
+
+    # on_failure: record: a crash leaves a 'crashed' record for every column
+    record = bad_config(tmp_path, lambda cfg: cfg.update(on_failure="record"))
+    result = snakemake(
+        "-n", "-p", "table1", "--cores", "2", "--configfile", str(record), workdir=tmp_path
+    )
+    rows = [
+        b for b in job_blocks(result.stdout + result.stderr) if b["rule"] == "measure_timing_row"
+    ]
+    assert rows and all(b["shell"].count("gaugeflow record-failure") == len(variants) for b in rows)
+
+    one_by_one = bad_config(tmp_path, lambda cfg: cfg["measure"].update(interleave=False))
+    result = snakemake(
+        "-n", "table1", "--cores", "2", "--configfile", str(one_by_one), workdir=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    blocks = job_blocks(result.stdout + result.stderr)
+    assert not [b for b in blocks if b["rule"] == "measure_timing_row"]
+    timing = [b for b in blocks if b["rule"] == "measure" and measured_kind(b) == "timing"]
+    assert len(timing) == len(measure["table1"]) * len(variants)
 
 
 @pytest.mark.workflow
@@ -334,15 +388,14 @@ def test_timing_jobs_never_share_the_machine_with_other_jobs(tmp_path):
         if what == "end":
             running.pop(item, None)
             continue
-        kind = re.search(r"kind=(\w+)", item.get("wildcards", ""))
-        alone = bool(kind) and kind.group(1) in MEASURE_ALONE
+        alone = measured_kind(item) in MEASURE_ALONE
         timing_jobs += alone
         assert not alone or not running, f"job {item['jobid']} started beside {running}"
         assert not any(running.values()), f"job {item['jobid']} started beside a timing job"
         overlaps += bool(running)
         running[item["jobid"]] = alone
     measure = yaml.safe_load((REPO / "config/tiny.yaml").read_text())["measure"]
-    assert timing_jobs == len(measure["table1"]) * len(measure["variants"]), timing_jobs
+    assert timing_jobs == len(measure["table1"]), timing_jobs  # one job per row
     assert overlaps > 0, "no two jobs ever ran together: the check above proves nothing"
 
 

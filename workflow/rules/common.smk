@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import sys
+from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 
@@ -531,3 +532,79 @@ def measure_job_threads(wildcards):
 
 def measure_slurm_extra(wildcards):
     return "--exclusive" if measure_alone(wildcards.kind) else ""
+
+
+# ---------------------------------------------------------------------------------------
+# timing rows (measure.interleave): the columns of one Table 1 row timed in one job, one
+# step of each in turn, so their ratios come from the same minutes of the machine
+
+MEASURE_ROW_LOG = "results/logs/measure/timing-row/L{L}-b{bs}x{nb}-l{layers}h{hidden}.log"
+
+
+def _variant_name(v):
+    return f"{v['estimator']}-{prec(v['amp'])}-{v['assembly']}"
+
+
+def timing_row_outputs():
+    """The row job's outputs: one timing record per variant (wildcards L, bs, nb, layers,
+    hidden left open), in the order of measure.variants."""
+    outputs = []
+    for v in config["measure"]["variants"]:
+        path = MEASURE.replace("{kind}", "timing").replace("{estimator}", v["estimator"])
+        path = path.replace("{prec}", prec(v["amp"])).replace("{assembly}", v["assembly"])
+        outputs.append(path)
+    return outputs
+
+
+def timing_row_variants(wildcards, output):
+    """--variant/--out pairs of `gaugeflow measure timing-row`."""
+    pairs = zip(config["measure"]["variants"], output)
+    return " ".join(
+        f"--variant {v['estimator']}:{prec(v['amp'])}:{v['assembly']} --out {out}"
+        for v, out in pairs
+    )
+
+
+def timing_row_flags(wildcards):
+    m = config["measure"]
+    return (
+        f"--beta {config['physics']['beta']} --kappa {config['physics']['kappa']}"
+        f" --device {config['device']} --steps {m['steps']} --warmup {m['warmup']}"
+    )
+
+
+def timing_row_threads(wildcards):
+    """Cores the row job holds: every core of a local run when timing runs alone."""
+    if config["measure"]["exclusive"] and _local_cores() is not None:
+        return _local_cores()
+    return res("measure", "threads")
+
+
+def timing_row_runtime(wildcards):
+    """A row runs each of its variants: the measure runtime (minutes) once per variant."""
+    return res("measure", "runtime") * len(config["measure"]["variants"])
+
+
+def timing_row_slurm_extra(wildcards):
+    return "--exclusive" if config["measure"]["exclusive"] else ""
+
+
+def timing_row_on_failure(wildcards, output):
+    """Shell run when the row job fails: stop, or a 'crashed' record for every variant."""
+    if config["on_failure"] == "stop":
+        return "exit 1"
+    log = MEASURE_ROW_LOG.format(**wildcards)
+    commands = []
+    for v, out in zip(config["measure"]["variants"], output):
+        fields = dict(wildcards) | {
+            "kind": "timing",
+            "estimator": v["estimator"],
+            "prec": prec(v["amp"]),
+            "assembly": v["assembly"],
+        }
+        settings = measure_settings(SimpleNamespace(**fields))
+        commands.append(
+            f"gaugeflow record-failure --settings '{settings}' --log {log} --out {out} "
+            f">> {log} 2>&1"
+        )
+    return "{ " + " && ".join(commands) + "; }"

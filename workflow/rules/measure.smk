@@ -7,6 +7,11 @@
 # --threads). No custom resource is needed: every job holds at least one core. Graph sizes
 # (dag) do not depend on the load and share the machine. On SLURM the exclusivity is per
 # node: these jobs ask for `sbatch --exclusive` through the plugin's slurm_extra resource.
+#
+# Timing rows (measure.interleave, default true): the timing records of one Table 1 row
+# (every measure.variants column at one L, batch, n_batches) come from one job, one step of
+# each variant in turn (`gaugeflow measure timing-row`), so a machine whose speed drifts
+# (shared, virtual) changes the whole row and not the ratios between its columns.
 
 rule measure:
     output:
@@ -33,3 +38,34 @@ rule measure:
         " --assembly {wildcards.assembly} --n-layers {wildcards.layers}"
         " --hidden {wildcards.hidden} --threads {params.threads} {params.flags}"
         " --out {output} > {log} 2>&1) || {params.on_failure}"
+
+
+if config["measure"]["interleave"]:
+
+    ruleorder: measure_timing_row > measure
+
+    rule measure_timing_row:
+        output:
+            timing_row_outputs(),
+        params:
+            variants=timing_row_variants,
+            flags=timing_row_flags,
+            on_failure=timing_row_on_failure,
+            threads=measure_torch_threads,
+        log:
+            MEASURE_ROW_LOG,
+        benchmark:
+            "results/benchmarks/measure/timing-row/L{L}-b{bs}x{nb}-l{layers}h{hidden}.tsv"
+        threads: timing_row_threads
+        resources:
+            mem_mb=res("measure", "mem_mb"),
+            runtime=timing_row_runtime,
+            gpu=gpus("measure"),
+            slurm_extra=timing_row_slurm_extra,
+        conda:
+            ENV
+        shell:
+            "(gaugeflow measure timing-row --L {wildcards.L} --batch-size {wildcards.bs}"
+            " --n-batches {wildcards.nb} --n-layers {wildcards.layers}"
+            " --hidden {wildcards.hidden} --threads {params.threads} {params.flags}"
+            " {params.variants} > {log} 2>&1) || {params.on_failure}"

@@ -27,9 +27,17 @@ from .records import (
     MeasurementRecord,
     load_record,
 )
-from .runner import MEASUREMENTS, is_oom_error, run_measurement, run_record, summary_line
+from .runner import (
+    MEASUREMENTS,
+    is_oom_error,
+    row_label,
+    run_measurement,
+    run_record,
+    run_timing_row,
+    summary_line,
+)
 from .setup import MeasureSetup, backward, build_setup, gradient_step, loss_call
-from .timing import measure_timing
+from .timing import measure_timing, measure_timing_interleaved
 
 __all__ = [
     "KINDS",
@@ -60,5 +68,8 @@ __all__ = [
     "is_oom_error",
     "run_record",
     "run_measurement",
+    "run_timing_row",
+    "row_label",
+    "measure_timing_interleaved",
     "summary_line",
 ]

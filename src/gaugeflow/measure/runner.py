@@ -3,7 +3,8 @@
 :data:`MEASUREMENTS` maps each kind to the function measuring it, the run parameters it takes
 (of ``steps``, ``warmup``, ``repeats``), its default warmup, its result keys and its one-line
 summary. :func:`run_record` fills the inputs once, builds the step (:mod:`.setup`), dispatches
-through the table and returns a :class:`~gaugeflow.measure.records.MeasurementRecord`.
+through the table and returns a :class:`~gaugeflow.measure.records.MeasurementRecord`;
+:func:`run_timing_row` does the same for the columns of one Table 1 row, timed together.
 
 Out of memory (``torch.cuda.OutOfMemoryError``, a RuntimeError saying "out of memory" or
 "can't allocate memory", or MemoryError) ends the measurement with status "oom" and the
@@ -13,7 +14,7 @@ kind's keys set to None, so a table can show the entry as missing; any other err
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ from .memory import measure_memory, peak_kind, summarize_memory
 from .ops import measure_ops, summarize_ops
 from .records import KINDS, RESULT_KEYS, MeasurementInputs, MeasurementRecord
 from .setup import build_setup
-from .timing import measure_timing, summarize_timing
+from .timing import measure_timing, measure_timing_interleaved, summarize_timing
 
 __all__ = [
     "MeasureKind",
@@ -36,6 +37,8 @@ __all__ = [
     "is_oom_error",
     "run_record",
     "run_measurement",
+    "run_timing_row",
+    "row_label",
     "summary_line",
 ]
 
@@ -117,6 +120,46 @@ def _environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+def _oom_message(exc: BaseException) -> str:
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first_line}"
+
+
+def _make_record(
+    kind: str,
+    config: dict[str, Any],
+    device: torch.device,
+    given: dict[str, int],
+    params: dict[str, int],
+    flow_config: dict[str, Any],
+    n_parameters: int | None,
+    results: dict[str, Any],
+    error: str | None,
+) -> MeasurementRecord:
+    """The record of one configuration: measured (error None) or out of memory."""
+    spec = MEASUREMENTS[kind]
+    inputs = MeasurementInputs(**_inputs(config, flow_config, {p: None for p in given} | params))
+    common = {
+        **_environment(device),
+        "config": config,
+        "flow_config": flow_config or None,
+        "n_parameters": n_parameters,
+    }
+    if error is None:
+        return MeasurementRecord(kind, "ok", inputs, results, **common)
+    known = spec.on_failure(device, params) if spec.on_failure else {}
+    return MeasurementRecord.failure(kind, inputs, "oom", error, results=known, **common)
+
+
+def _run_params(kind: str, steps: int, warmup: int | None, repeats: int) -> tuple[dict, dict]:
+    spec = MEASUREMENTS[kind]
+    warmup = spec.default_warmup if warmup is None else warmup
+    if warmup < 0 or repeats < 1 or steps < 1:
+        raise UserError("warmup must be >= 0, repeats and steps >= 1")
+    given = {"steps": steps, "warmup": warmup, "repeats": repeats}
+    return given, {p: given[p] for p in spec.params}
+
+
 def run_record(
     kind: str,
     overrides: dict[str, Any],
@@ -131,11 +174,7 @@ def run_record(
     spec = MEASUREMENTS[kind]
     config = make_config(overrides)
     device = resolve_device(config["device"])
-    warmup = spec.default_warmup if warmup is None else warmup
-    if warmup < 0 or repeats < 1 or steps < 1:
-        raise UserError("warmup must be >= 0, repeats and steps >= 1")
-    given = {"steps": steps, "warmup": warmup, "repeats": repeats}
-    params = {p: given[p] for p in spec.params}
+    given, params = _run_params(kind, steps, warmup, repeats)
     flow_config: dict[str, Any] = {}
     n_parameters = None
     results: dict[str, Any] = {}
@@ -149,20 +188,94 @@ def run_record(
     except Exception as exc:
         if not is_oom_error(exc):
             raise
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        error = f"{type(exc).__name__}: {first_line}"
-    inputs = MeasurementInputs(**_inputs(config, flow_config, {p: None for p in given} | params))
-    common = {
-        **_environment(device),
-        "config": config,
-        "flow_config": flow_config or None,
-        "n_parameters": n_parameters,
-    }
-    if error is None:
-        return MeasurementRecord(kind, "ok", inputs, results, **common)
-    _free_memory()  # outside the except block: its traceback no longer holds the tensors
-    known = spec.on_failure(device, params) if spec.on_failure else {}
-    return MeasurementRecord.failure(kind, inputs, "oom", error, results=known, **common)
+        error = _oom_message(exc)
+    if error is not None:
+        _free_memory()  # outside the except block: its traceback no longer holds the tensors
+    return _make_record(
+        kind, config, device, given, params, flow_config, n_parameters, results, error
+    )
+
+
+def row_label(overrides: dict[str, Any]) -> str:
+    """``ESTIMATOR-PREC-ASSEMBLY`` of one configuration (as the workflow's file names)."""
+    config = make_config(overrides)
+    return f"{config['estimator']}-{'amp' if config['amp'] else 'fp32'}-{config['assembly']}"
+
+
+def run_timing_row(
+    variants: Sequence[dict[str, Any]],
+    *,
+    steps: int = 100,
+    warmup: int | None = None,
+) -> list[MeasurementRecord]:
+    """Timing records of several configurations measured together, step by step in turn.
+
+    Each of `variants` (training-config overrides; one table row's columns) is built exactly
+    as :func:`run_record` builds it (same seeding, so the same weights and samples as when
+    measured alone), then :func:`~gaugeflow.measure.timing.measure_timing_interleaved` times
+    them. A configuration that runs out of memory, while being built or in a step, gets an
+    "oom" record and the others are measured without it. Records come in the order of
+    `variants`; two configurations with the same label are refused.
+    """
+    if not variants:
+        raise UserError("a timing row needs at least one configuration")
+    given, params = _run_params("timing", steps, warmup, 3)
+    built: list[dict[str, Any]] = []
+    for overrides in variants:
+        config = make_config(overrides)
+        built.append(
+            {
+                "label": row_label(overrides),
+                "config": config,
+                "device": resolve_device(config["device"]),
+                "flow_config": {},
+                "n_parameters": None,
+                "error": None,
+            }
+        )
+    labels = [b["label"] for b in built]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise UserError(f"a timing row measures each configuration once; repeated: {repeated}")
+    setups: dict[str, Any] = {}
+    for entry in built:
+        try:
+            setup = build_setup(entry["config"])
+            entry["flow_config"] = dict(getattr(setup.flow, "config", {}))
+            entry["n_parameters"] = sum(p.numel() for p in setup.flow.parameters())
+            setups[entry["label"]] = setup
+            del setup
+        except Exception as exc:
+            if not is_oom_error(exc):
+                raise
+            entry["error"] = _oom_message(exc)
+        if entry["error"] is not None:
+            _free_memory()
+    outcome = measure_timing_interleaved(
+        setups, steps=params["steps"], warmup=params["warmup"], is_failure=is_oom_error
+    )
+    del setups
+    records = []
+    for entry in built:
+        result = outcome.get(entry["label"])
+        if isinstance(result, str):
+            entry["error"] = result
+        if entry["error"] is not None:
+            _free_memory()
+        records.append(
+            _make_record(
+                "timing",
+                entry["config"],
+                entry["device"],
+                given,
+                params,
+                entry["flow_config"],
+                entry["n_parameters"],
+                result if isinstance(result, dict) else {},
+                entry["error"],
+            )
+        )
+    return records
 
 
 def run_measurement(kind: str, overrides: dict[str, Any], **run: Any) -> dict[str, Any]:

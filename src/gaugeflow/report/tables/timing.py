@@ -85,6 +85,12 @@ def table1(records: Sequence[Measurement], scale: str = "") -> Table:
         " over r.t. (loop assembly) in the same row, * relative to the best r.t. at that L. "
         "oom: did not fit in memory; crashed: the measurement failed."
     ]
+    measured = [m for m in records if m.ok]
+    if measured and all(m.value("round_order") == "rotating" for m in measured):
+        notes.append(
+            "The columns of each row were timed together, one gradient step of each in turn "
+            "(rotating order), so a row's speed-ups come from the same minutes of the machine."
+        )
     if match and any(paper.TABLE1.get(r) for r in rows):
         notes.append(
             f"Rows marked paper: published values ({paper.PAPER_HARDWARE['table1']}), "
