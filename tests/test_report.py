@@ -474,6 +474,11 @@ def test_macros_quote_speedups_fits_and_chain_results():
     assert m["gfAccMain"] == r"22.0\%" and m["gfBridgesMain"] == "2"
     assert m["gfTauCondMain"] == r"\ensuremath{9.12 \pm 0.52}"
     assert m["gfEssMainPg"] == macros.NA
+    # RE ran without amp only: no "(n/a with amp)" clause in the text
+    assert m["gfEssMainReAmpClause"] == "" and m["gfEssLargeReAmpClause"] == ""
+    with_amp = pd.concat([training, training.iloc[[1]].assign(amp=True, final_ess=0.3)])
+    m = macros.build_macros({"scale": "s"}, training={"large": with_amp})
+    assert m["gfEssLargeReAmpClause"] == " (0.30 with amp)"
 
 
 def test_value_error_rounds_the_error_to_two_digits():

@@ -137,3 +137,19 @@ def test_non_finite_loss_stops_cleanly_with_last_good_checkpoint(tmp_path, monke
     assert torch.load(tmp_path / "model.pt", weights_only=True)["step"] == 7
     assert all(torch.isfinite(p).all() for p in flow.parameters())
     assert len(_metrics(tmp_path / "metrics.csv")) == 7
+
+
+def test_amp_on_a_cpu_without_native_bfloat16_says_it_is_slow(monkeypatch, capsys):
+    from gaugeflow.training import config as cfg
+
+    amp = make_config({"amp": True, "device": "cpu"})
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(cfg, "cpu_has_native_bfloat16", lambda: False)
+    assert "without hardware support" in cfg.amp_warning(amp, cpu)
+    assert cfg.amp_warning(make_config({"device": "cpu"}), cpu) is None  # no amp
+    assert cfg.amp_warning(amp, cuda) is None  # float16 on CUDA
+    monkeypatch.setattr(cfg, "cpu_has_native_bfloat16", lambda: True)
+    assert cfg.amp_warning(amp, cpu) is None
+    monkeypatch.setattr(cfg, "cpu_has_native_bfloat16", lambda: None)  # torch cannot say
+    assert cfg.amp_warning(amp, cpu) is None
+    assert cfg.cpu_has_native_bfloat16() in (True, False, None)  # the real probe runs

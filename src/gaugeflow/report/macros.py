@@ -104,6 +104,10 @@ def _training_macros(group: str, summary: pd.DataFrame | None) -> dict[str, str]
                 out[name] = f"{escape(first['status'])} (step {first['last_step']})"
             else:
                 out[name] = format_number(done["final_ess"].max(), 2)
+    # "(X with amp)" after the RE number, or nothing where RE did not run with amp (the CPU
+    # demo trains the larger lattice without amp: emulated bfloat16 is slow on most CPUs)
+    amp = out[f"gfEss{_GROUPS[group]}ReAmp"]
+    out[f"gfEss{_GROUPS[group]}ReAmpClause"] = "" if amp == NA else f" ({amp} with amp)"
     return out
 
 

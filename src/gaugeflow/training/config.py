@@ -205,6 +205,31 @@ def lr_factor(config: dict[str, Any], step: int) -> float:
     return 1.0
 
 
+def cpu_has_native_bfloat16() -> bool | None:
+    """Whether this CPU computes bfloat16 in hardware (oneDNN's test: AVX-512 BF16 / AMX or
+    AVX-512 BW); None where torch cannot say. Without it, CPU autocast emulates bfloat16 and
+    an amp step is several times slower than float32 (3.6x for the L = 8 demo run on an
+    AVX2-only AMD EPYC, benchmarks/RESULTS.md, session 5)."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if probe is None:
+        return None
+    try:
+        return bool(probe())
+    except (RuntimeError, AttributeError):
+        return None
+
+
+def amp_warning(config: dict[str, Any], device: torch.device) -> str | None:
+    """A line for the user when amp will run emulated bfloat16 on this CPU, else None."""
+    dtype, _ = amp_settings(config, device)
+    if device.type != "cpu" or dtype != torch.bfloat16 or cpu_has_native_bfloat16() is not False:
+        return None
+    return (
+        "amp on this CPU runs bfloat16 without hardware support (no AVX-512 BF16/AMX), so a "
+        "step is several times slower than without amp; amp pays off on GPUs (the paper's)"
+    )
+
+
 def amp_settings(config: dict[str, Any], device: torch.device):
     """(autocast dtype or None, whether to use a GradScaler) for a training config.
 

@@ -27,7 +27,7 @@ from ..io import write_json
 from ..modelfile import ModelFile, file_sha256
 from ..runtime import resolve_device, seed_everything
 from .checkpoint import Checkpointer, MetricsLog, restore_rng
-from .config import action_params, make_config
+from .config import action_params, amp_warning, make_config
 from .distributed import DataParallelStep, Silent, agree_start, any_rank
 from .step import Divergence, StepResult, TrainStep
 
@@ -165,6 +165,9 @@ def train(
     else:
         step = TrainStep(config, group.device if group else resolve_device(config["device"]))
     main = group is None or group.is_main  # the one process that writes
+    slow_amp = amp_warning(config, step.device)
+    if main and slow_amp:
+        print(f"train: {slow_amp}", file=sys.stderr)
     ckpt = Checkpointer(checkpoint_dir or out_dir / "checkpoints", config["keep_checkpoints"])
     start = _resume_or_init(step, ckpt, config)
     if group is not None:
