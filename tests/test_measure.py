@@ -454,7 +454,8 @@ def test_a_timing_row_steps_in_rotating_order_and_does_the_work_each_does_alone(
     # interleaving changes no configuration's work: the weights after the row equal those
     # after the same steps of the configuration measured alone (same seeds), bit for bit
     monkeypatch.setattr(M.timing, "gradient_step", real)
-    setups = {M.row_label(v): M.build_setup(v) for v in _row_variants()}
+    built = [M.build_setup(v) for v in _row_variants()]
+    setups = {M.row_label(setup.config): setup for setup in built}
     M.measure_timing_interleaved(dict(setups), steps=2, warmup=1)
     alone = M.build_setup(_row_variants()[1])
     M.measure_timing(alone, steps=2, warmup=1)

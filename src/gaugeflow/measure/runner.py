@@ -196,9 +196,9 @@ def run_record(
     )
 
 
-def row_label(overrides: dict[str, Any]) -> str:
-    """``ESTIMATOR-PREC-ASSEMBLY`` of one configuration (as the workflow's file names)."""
-    config = make_config(overrides)
+def row_label(config: dict[str, Any]) -> str:
+    """``ESTIMATOR-PREC-ASSEMBLY`` of one (validated) training config, as the workflow's file
+    names spell a Table 1 column."""
     return f"{config['estimator']}-{'amp' if config['amp'] else 'fp32'}-{config['assembly']}"
 
 
@@ -225,7 +225,7 @@ def run_timing_row(
         config = make_config(overrides)
         built.append(
             {
-                "label": row_label(overrides),
+                "label": row_label(config),
                 "config": config,
                 "device": resolve_device(config["device"]),
                 "flow_config": {},
