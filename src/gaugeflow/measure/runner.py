@@ -29,7 +29,7 @@ from .memory import measure_memory, peak_kind, summarize_memory
 from .ops import measure_ops, summarize_ops
 from .records import KINDS, RESULT_KEYS, MeasurementInputs, MeasurementRecord
 from .setup import build_setup
-from .timing import measure_timing, measure_timing_interleaved, summarize_timing
+from .timing import error_line, measure_timing, measure_timing_interleaved, summarize_timing
 
 __all__ = [
     "MeasureKind",
@@ -120,11 +120,6 @@ def _environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def _oom_message(exc: BaseException) -> str:
-    first_line = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {first_line}"
-
-
 def _make_record(
     kind: str,
     config: dict[str, Any],
@@ -188,7 +183,7 @@ def run_record(
     except Exception as exc:
         if not is_oom_error(exc):
             raise
-        error = _oom_message(exc)
+        error = error_line(exc)
     if error is not None:
         _free_memory()  # outside the except block: its traceback no longer holds the tensors
     return _make_record(
@@ -248,7 +243,7 @@ def run_timing_row(
         except Exception as exc:
             if not is_oom_error(exc):
                 raise
-            entry["error"] = _oom_message(exc)
+            entry["error"] = error_line(exc)
         if entry["error"] is not None:
             _free_memory()
     outcome = measure_timing_interleaved(

@@ -165,6 +165,12 @@ def measure_timing(setup: MeasureSetup, steps: int, warmup: int = 2) -> dict[str
     return samples.results(setup, warmup, time.perf_counter() - wall0, clock)
 
 
+def error_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, as a failed measurement records its error."""
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first_line}"
+
+
 def rotation(labels: Sequence[str], round_index: int) -> list[str]:
     """The order of one interleaved round: `labels` rotated left by `round_index`, so that
     over ``len(labels)`` rounds every configuration runs once in every position."""
@@ -209,8 +215,7 @@ def measure_timing_interleaved(
         except Exception as exc:
             if not is_failure(exc):
                 raise
-            first_line = str(exc).splitlines()[0] if str(exc) else ""
-            failed[label] = f"{type(exc).__name__}: {first_line}"
+            failed[label] = error_line(exc)
         if label in failed:  # outside the except block: its traceback holds the tensors
             del live[label]
             setups.pop(label, None)
