@@ -182,3 +182,43 @@ def test_two_stages_chain_end_to_end_and_rerun_only_what_changed(tmp_path):
     summary = json.loads((final / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["step"] == 4
     assert summary["parent"]["sha256"] == _sha256(stage2 / "model.pt")
+
+
+def _schedules(cfg):
+    cfg["training"]["main"]["pretrain"][1]["lr_schedule"] = "cosine"
+    cfg["training"]["large"]["lr_schedule"] = "cosine"
+
+
+def test_lr_schedule_reaches_each_job_from_its_stage_group_or_training(tmp_path):
+    """training.lr_schedule (default constant) < the group's < the stage's."""
+    config = curriculum_config(tmp_path, _schedules)
+    result = snakemake(
+        "results/runs/train/large/L4-reinforce-fp32-s1/model.pt",
+        "-n",
+        "-p",
+        "--cores",
+        "1",
+        "--configfile",
+        str(config),
+        workdir=tmp_path / "work",
+    )
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-3000:]
+    commands = planned_commands(text)
+    assert "--lr-schedule constant" in commands[f"{STAGES}/stage1/model.pt"]
+    assert "--lr-schedule cosine" in commands[f"{STAGES}/stage2/model.pt"]
+    assert "--lr-schedule constant" in commands[f"{RUN}/model.pt"]
+    large = commands["results/runs/train/large/L4-reinforce-fp32-s1/model.pt"]
+    assert "--lr-schedule cosine" in large
+
+
+def test_unknown_lr_schedule_is_refused_before_any_job(tmp_path):
+    workdir = tmp_path / "work"
+    config = curriculum_config(
+        tmp_path, lambda cfg: cfg["training"]["large"].update(lr_schedule="cosin")
+    )
+    result = snakemake("--cores", "1", "--configfile", str(config), workdir=workdir)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "cosin" in text and "lr_schedule" in text, text[-3000:]
+    assert not (workdir / "results").exists()

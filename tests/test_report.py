@@ -639,3 +639,22 @@ def test_macros_cli_takes_the_settings_explicitly_and_names_an_unknown_key(tmp_p
     bad = {"groups": {"main": {"length": 3}}}
     assert cli_main(["macros", "--settings", json.dumps(bad), "--out", str(out)]) == 2
     assert "groups.main.length" in capsys.readouterr().err
+
+
+def test_steps_note_names_the_runs_that_train_another_number_of_steps():
+    main = {"steps": 300, "steps_by_estimator": {"reinforce": 2400}, "amp_steps": 300}
+    m = macros.build_macros({"scale": "s", "groups": {"main": main, "large": {"steps": 9}}})
+    assert m["gfStepsMain"] == "300"
+    assert m["gfStepsNoteMain"] == r" (\RE{} without amp: 2400; with amp: 300)"
+    assert m["gfStepsNoteLarge"] == ""
+    assert macros.steps_note({"steps_by_estimator": {"rt": 40000, "path": 40000}}) == (
+        r" (\rt{}: 40000; the path gradient: 40000)"
+    )
+    with pytest.raises(UserError, match="'reinfroce'"):
+        macros.steps_note({"steps_by_estimator": {"reinfroce": 3}})
+
+
+def test_holonomy_clause_follows_the_architecture():
+    assert macros.build_macros({"scale": "s"})["gfHolonomyClause"] == ""
+    with_layers = macros.build_macros({"scale": "s", "holonomy": True})["gfHolonomyClause"]
+    assert with_layers == macros.HOLONOMY_CLAUSE and "holonomy layers" in with_layers

@@ -144,6 +144,10 @@ def _untrained_chain(cfg):
     cfg["chains"]["fig3"]["estimator"] = "path"
 
 
+def _amp_steps_without_amp(cfg):
+    cfg["training"]["large"]["amp_steps"] = 3
+
+
 @pytest.mark.parametrize(
     ("edit", "named"),
     [
@@ -154,8 +158,12 @@ def _untrained_chain(cfg):
         (_bad_measure_lattice, "['measure']['table1'][0]['L']"),
         (_missing_required, "'scale' is a required property"),
         (_untrained_chain, "chains.fig3.estimator"),
+        (_amp_steps_without_amp, "training.large.amp_steps is set"),
     ],
-    ids=["typo", "type", "lattice", "enum", "measure-lattice", "required", "cross-key"],
+    ids=[
+        "typo", "type", "lattice", "enum", "measure-lattice", "required", "cross-key",
+        "amp-steps",
+    ],  # fmt: skip
 )
 def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path, edit, named):
     workdir = tmp_path / "work"
@@ -166,6 +174,27 @@ def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path, edit, name
     assert result.returncode != 0
     assert named in text, text[-3000:]
     assert not (workdir / "results").exists()
+
+
+def test_each_run_trains_its_steps_amp_steps_then_steps_by_estimator(tmp_path):
+    def edit(cfg):
+        cfg["training"]["main"].update(steps=7, steps_by_estimator={"reinforce": 9}, amp_steps=5)
+
+    result = snakemake(
+        "-n", "-p", "--cores", "1", "--configfile", str(bad_config(tmp_path, edit)),
+        workdir=tmp_path / "work",
+    )  # fmt: skip
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-3000:]
+    steps = {}
+    for block in re.split(r"\n(?=\[[A-Z][a-z]{2} )", text):
+        out = re.search(r"output: results/runs/train/main/(L4-\w+-\w+)-s1/model\.pt", block)
+        cmd = re.search(r"--steps (\d+)", block)
+        if out and cmd:
+            steps[out.group(1)] = int(cmd.group(1))
+    assert steps == {
+        "L4-rt-fp32": 7, "L4-rt-amp": 5, "L4-reinforce-fp32": 9, "L4-reinforce-amp": 5,
+    }  # fmt: skip
 
 
 def test_lattice_error_names_the_key_path(tmp_path):

@@ -113,6 +113,11 @@ def check_config(cfg):
                 f"config key training.{group}.steps_by_estimator names estimators not trained "
                 f"in training.{group}.estimators: {sorted(extra)}"
             )
+        if "amp_steps" in cfg["training"][group] and True not in cfg["training"][group]["amp"]:
+            raise WorkflowError(
+                f"config key training.{group}.amp_steps is set, but training.{group}.amp "
+                f"= {cfg['training'][group]['amp']} trains no run with amp"
+            )
 
 
 check_config(config)
@@ -245,10 +250,18 @@ def train_files(group, name):
     return [os.path.join(train_dir(group, *run), name) for run in train_runs(group)]
 
 
+def run_steps(group, estimator, amp):
+    """Gradient steps of one run of a group: amp_steps, steps_by_estimator, else steps."""
+    g = config["training"][group]
+    if amp and "amp_steps" in g:
+        return g["amp_steps"]
+    return g["steps_by_estimator"].get(estimator, g["steps"])
+
+
 def train_flags(wildcards):
     g = config["training"][wildcards.group]
     t = config["training"]
-    steps = g["steps_by_estimator"].get(wildcards.estimator, g["steps"])
+    steps = run_steps(wildcards.group, wildcards.estimator, wildcards.prec == "amp")
     flags = [
         f"--L {wildcards.L}",
         f"--estimator {wildcards.estimator}",
@@ -258,6 +271,7 @@ def train_flags(wildcards):
         f"--batch-size {g['batch_size']}",
         f"--n-batches {g['n_batches']}",
         f"--lr {t['lr']}",
+        f"--lr-schedule {g.get('lr_schedule', t['lr_schedule'])}",
         f"--assembly {t['assembly']}",
         f"--checkpoint-every {t['checkpoint_every']}",
         f"--snapshot-every {g.get('snapshot_every', t['snapshot_every'])}",
@@ -473,6 +487,8 @@ def macro_settings():
         group: {
             "L": t[group]["L"],
             "steps": t[group]["steps"],
+            "steps_by_estimator": t[group]["steps_by_estimator"],
+            **({"amp_steps": t[group]["amp_steps"]} if "amp_steps" in t[group] else {}),
             "batch_size": t[group]["batch_size"],
             "n_batches": t[group]["n_batches"],
             "chain_length": config["chains"][GROUP_FIGURES[group][1]]["length"],
@@ -486,6 +502,7 @@ def macro_settings():
         "kappa": config["physics"]["kappa"],
         "n_layers": config["architecture"]["n_layers"],
         "hidden": config["architecture"]["hidden"],
+        "holonomy": bool(config["architecture"].get("holonomy")),
         "ess_window": t["ess_window"],
         "snapshot_every": t["snapshot_every"],
         "acceptance_samples": t["acceptance_samples"],

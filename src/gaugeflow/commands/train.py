@@ -32,6 +32,8 @@ _FLAG_KEYS = {
     "batch_size": "batch_size",
     "n_batches": "n_batches",
     "lr": "lr",
+    "lr_schedule": "lr_schedule",
+    "lr_min": "lr_min",
     "seed": "seed",
     "device": "device",
     "dtype": "dtype",
@@ -210,6 +212,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="configurations per part")
     p.add_argument("--n-batches", type=int, help="parts accumulated into one gradient step")
     p.add_argument("--lr", type=float)
+    p.add_argument(
+        "--lr-schedule",
+        choices=list(choices.LR_SCHEDULES),
+        help="constant, or cosine decay from --lr to --lr-min over --steps",
+    )
+    p.add_argument("--lr-min", type=float, help="final learning rate of the cosine schedule")
     p.add_argument("--seed", type=int)
     p.add_argument("--n-layers", type=int, help="coupling layers (multiple of 8)")
     p.add_argument("--hidden", type=int, help="conditioner hidden channels")

@@ -51,10 +51,37 @@ SETTINGS = {
     "acceptance_samples": "gfAccSamples",
     "bridge_min": "gfBridgeMin",
     "measure_steps": "gfMeasureSteps",
+    "holonomy": "gfHolonomyClause",
 }
-#: per training group ('main', 'large'): L, steps, batch_size, n_batches, chain_length
-GROUP_SETTINGS = ("L", "steps", "batch_size", "n_batches", "chain_length")
+#: per training group ('main', 'large'): L, steps, batch_size, n_batches, chain_length, and
+#: the runs that train another number of steps (steps_by_estimator: {estimator: steps};
+#: amp_steps: steps of every run with amp)
+GROUP_SETTINGS = (
+    "L", "steps", "batch_size", "n_batches", "chain_length", "steps_by_estimator", "amp_steps"
+)  # fmt: skip
+#: estimator -> its name in the paper's text
+_EST_TEXT = {"rt": r"\rt{}", "reinforce": r"\RE{}", "path": "the path gradient"}
+
+
+def steps_note(group: Mapping) -> str:
+    """' (\\RE{} without amp: 2400; with amp: 300)': the runs whose steps differ, or ''."""
+    amp_steps = group.get("amp_steps")
+    parts = []
+    for est, steps in (group.get("steps_by_estimator") or {}).items():
+        if est not in _EST_TEXT:
+            raise UserError(f"macro settings: steps_by_estimator names no estimator: {est!r}")
+        parts.append(f"{_EST_TEXT[est]}{' without amp' if amp_steps else ''}: {int(steps)}")
+    if amp_steps:
+        parts.append(f"with amp: {int(amp_steps)}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 _TEXT_SETTINGS = ("scale", "device")
+#: after "this build trains a flow of N layers and H channels" when the flow has them
+HOLONOMY_CLAUSE = (
+    ", followed by two holonomy layers (not in the paper) that shape the two Polyakov-loop "
+    "angles, which couplings conditioned on plaquettes leave uniform"
+)
 
 
 def check_settings(settings: Mapping) -> None:
@@ -73,6 +100,8 @@ def _settings_macros(settings: Mapping) -> dict[str, str]:
     for key, name in SETTINGS.items():
         if key in _TEXT_SETTINGS:
             out[name] = escape(settings.get(key, ""))
+        elif key == "holonomy":
+            out[name] = HOLONOMY_CLAUSE if settings.get(key) else ""
         else:
             out[name] = str(settings.get(key, NA))
     groups = settings.get("groups") or {}
@@ -80,6 +109,7 @@ def _settings_macros(settings: Mapping) -> dict[str, str]:
         group = groups.get(key) or {}
         out[f"gfL{name}"] = str(group.get("L", NA))
         out[f"gfSteps{name}"] = str(group.get("steps", NA))
+        out[f"gfStepsNote{name}"] = steps_note(group)
         bs, nb = group.get("batch_size"), group.get("n_batches", 1)
         out[f"gfBatch{name}"] = f"{nb}$\\times${bs}" if bs else NA
         out[f"gfChain{name}"] = str(group.get("chain_length", NA))
