@@ -161,7 +161,13 @@ def _amp_steps_without_amp(cfg):
         (_amp_steps_without_amp, "training.large.amp_steps is set"),
     ],
     ids=[
-        "typo", "type", "lattice", "enum", "measure-lattice", "required", "cross-key",
+        "typo",
+        "type",
+        "lattice",
+        "enum",
+        "measure-lattice",
+        "required",
+        "cross-key",
         "amp-steps",
     ],  # fmt: skip
 )
