@@ -658,3 +658,15 @@ def test_holonomy_clause_follows_the_architecture():
     assert macros.build_macros({"scale": "s"})["gfHolonomyClause"] == ""
     with_layers = macros.build_macros({"scale": "s", "holonomy": True})["gfHolonomyClause"]
     assert with_layers == macros.HOLONOMY_CLAUSE and "holonomy layers" in with_layers
+
+
+def test_a_long_scale_label_is_wrapped_in_figure_titles_not_cut():
+    label = "CPU demo scale (2 cores): " + " ".join(f"word{i}" for i in range(40))
+    chain = chain_with_rejections(200, [(50, 120)])
+    fig = figures.history_figure(chain, threshold=100, title=label, analysis={"acceptance": 0.5})
+    text = fig._suptitle.get_text()
+    lines = text.split("\n")
+    assert len(lines) >= 3 and all(len(line) <= 110 for line in lines)
+    assert " ".join(lines[:-1]) == label  # every word kept, in order
+    assert lines[-1].startswith("1 rejection runs longer than 100")
+    assert figures.wrap_title("a\n\nb") == "a\n\nb"

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from ..choices import ESTIMATOR_LABELS
 from ..errors import UserError
 from ..io import require_file
+from .figures import wrap_title
 
 __all__ = ["CostRun", "load_cost_run", "cost_table", "cost_figure", "cost_sentence", "tex_escape"]
 
@@ -101,7 +102,7 @@ def cost_figure(runs: Sequence[CostRun], title: str = "") -> Figure:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title(wrap_title(title, 90), fontsize=8)
     fig.tight_layout()
     return fig
 

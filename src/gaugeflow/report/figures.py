@@ -7,6 +7,7 @@ backend) and saved as PDF (for the paper) and PNG (for the Snakemake report).
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -125,6 +126,12 @@ def _style(run: TrainingRun, seeds: list[int]) -> dict:
     }
 
 
+def wrap_title(title: str, width: int = 110) -> str:
+    """`title` broken into lines of at most `width` characters (a long scale label would run
+    off the figure); existing line breaks are kept."""
+    return "\n".join(textwrap.fill(line, width) or line for line in title.split("\n"))
+
+
 def training_figure(runs: Sequence[TrainingRun], window: int, title: str = "") -> Figure:
     """Left: ESS (running average) vs gradient step; right: acceptance vs step."""
     if not runs:
@@ -153,7 +160,7 @@ def training_figure(runs: Sequence[TrainingRun], window: int, title: str = "") -
     ax_acc.set_ylim(bottom=0)
     ax_ess.legend(fontsize="small", loc="best")
     if title:
-        fig.suptitle(title, fontsize="medium")
+        fig.suptitle(wrap_title(title), fontsize="medium")
     return fig
 
 
@@ -227,7 +234,7 @@ def history_figure(
         if tau is not None:
             note += rf"; $\tau_{{int}}$(condensate) = {float(tau):.1f}"
         note += reliability.figure_note(analysis)
-    fig.suptitle(f"{title}\n{note}" if title else note, fontsize="medium")
+    fig.suptitle(wrap_title(f"{title}\n{note}" if title else note), fontsize="medium")
     return fig
 
 
