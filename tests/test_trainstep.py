@@ -297,6 +297,18 @@ def test_cli_flags_set_init_from_and_time_limit(tmp_path):
         parser.parse_args(["train", "--out", str(tmp_path), "--time-limit", "0"])
 
 
+def test_cli_flags_set_the_lr_schedule(tmp_path):
+    parser = build_parser()
+    base = ["train", "--out", str(tmp_path), "--lr", "0.004"]
+    config = config_from_args(
+        parser.parse_args([*base, "--lr-schedule", "cosine", "--lr-min", "1e-4"])
+    )
+    assert (config["lr_schedule"], config["lr_min"]) == ("cosine", 1e-4)
+    assert make_config(config_from_args(parser.parse_args(base)))["lr_schedule"] == "constant"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--lr-schedule", "linear"])
+
+
 def test_changed_config_on_resume_names_the_key(tmp_path):
     train({**TINY, "steps": 2, "checkpoint_every": 1}, tmp_path)
     with pytest.raises(UserError, match=r"\['lr'\]"):
