@@ -13,7 +13,16 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# No `configfile:` here: a configfile directive is *merged* with --configfile, so every key
+# of config.yaml that another config leaves out (a warm-start parent, per-run step counts,
+# the holonomy layers) would leak into it. The workflow profile (profiles/default) passes
+# `--configfile config.yaml` instead, and a --configfile on the command line replaces it.
+if not config:
+    raise WorkflowError(
+        "no configuration: pass --configfile config.yaml (the default scale; plain `snakemake` "
+        "in the repository root does, through the workflow profile profiles/default) or "
+        "--configfile config/paper.yaml"
+    )
 
 
 # Stops here, before any job and before results/ is touched, on a misspelled key, a wrong

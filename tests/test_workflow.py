@@ -203,6 +203,36 @@ def test_each_run_trains_its_steps_amp_steps_then_steps_by_estimator(tmp_path):
     }  # fmt: skip
 
 
+def _train_commands(text: str) -> dict[str, str]:
+    """training run folder -> its `gaugeflow train` command, from `snakemake -n -p`."""
+    found = re.findall(r"--out \$\(dirname results/runs/train/(\S+)/model\.pt\) ([^\n]*)", text)
+    return dict(found)
+
+
+def test_config_yaml_is_the_default_and_never_leaks_into_another_config(tmp_path):
+    """Plain `snakemake` reads config.yaml (through the workflow profile); --configfile
+    replaces it: none of its keys (the L = 8 warm start, RE's 2400 steps, amp_steps, the
+    cosine schedule, the holonomy layers) reach the paper's runs."""
+    default = snakemake("-n", "-p", "--cores", "2", workdir=tmp_path / "a")
+    assert default.returncode == 0, default.stderr[-3000:]
+    runs = _train_commands(default.stdout + default.stderr)
+    ours = yaml.safe_load((REPO / "config.yaml").read_text())["training"]
+    large = runs[f"large/L{ours['large']['L']}-reinforce-fp32-s1"]
+    assert "--init-from" in large and "--lr-schedule cosine" in large
+    paper = snakemake(
+        "-n", "-p", "--cores", "2", "--configfile", "config/paper.yaml", workdir=tmp_path / "b"
+    )
+    assert paper.returncode == 0, paper.stderr[-3000:]
+    runs = _train_commands(paper.stdout + paper.stderr)
+    assert runs, paper.stdout[-3000:]
+    for name, command in runs.items():
+        assert "--init-from" not in command and "--holonomy" not in command, name
+        assert "--lr-schedule constant" in command, name
+    assert "--steps 120000" in runs["main/L16-reinforce-amp-s1"]
+    assert "--steps 120000" in runs["large/L24-reinforce-fp32-s1"]
+    assert "--steps 40000" in runs["main/L16-rt-fp32-s1"]
+
+
 def test_lattice_error_names_the_key_path(tmp_path):
     result = snakemake("-n", "--configfile", str(bad_config(tmp_path, _bad_lattice)))
     assert "['training']['large']['L']" in result.stdout + result.stderr
