@@ -52,8 +52,8 @@ def init_from(command: str) -> str | None:
     return found.group(1) if found else None
 
 
-def test_dry_run_chains_the_stages_and_the_parent(tmp_path):
-    config = curriculum_config(tmp_path)
+def planned_large_run(tmp_path: Path, config: Path) -> dict[str, str]:
+    """The commands `snakemake -n -p` plans for large's RE run and what it needs."""
     result = snakemake(
         "results/runs/train/large/L4-reinforce-fp32-s1/model.pt",
         "-n",
@@ -66,7 +66,12 @@ def test_dry_run_chains_the_stages_and_the_parent(tmp_path):
     )
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-3000:]
-    commands = planned_commands(text)
+    return planned_commands(text)
+
+
+def test_dry_run_chains_the_stages_and_the_parent(tmp_path):
+    config = curriculum_config(tmp_path)
+    commands = planned_large_run(tmp_path, config)
     stage1, stage2 = f"{STAGES}/stage1/model.pt", f"{STAGES}/stage2/model.pt"
     assert init_from(commands[stage1]) is None  # the first stage starts from scratch
     assert "--kappa 0.0" in commands[stage1] and "--steps 3" in commands[stage1]
@@ -192,19 +197,7 @@ def _schedules(cfg):
 def test_lr_schedule_reaches_each_job_from_its_stage_group_or_training(tmp_path):
     """training.lr_schedule (default constant) < the group's < the stage's."""
     config = curriculum_config(tmp_path, _schedules)
-    result = snakemake(
-        "results/runs/train/large/L4-reinforce-fp32-s1/model.pt",
-        "-n",
-        "-p",
-        "--cores",
-        "1",
-        "--configfile",
-        str(config),
-        workdir=tmp_path / "work",
-    )
-    text = result.stdout + result.stderr
-    assert result.returncode == 0, text[-3000:]
-    commands = planned_commands(text)
+    commands = planned_large_run(tmp_path, config)
     assert "--lr-schedule constant" in commands[f"{STAGES}/stage1/model.pt"]
     assert "--lr-schedule cosine" in commands[f"{STAGES}/stage2/model.pt"]
     assert "--lr-schedule constant" in commands[f"{RUN}/model.pt"]
