@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import REPO, snakemake
+from test_workflow import REPO, planned_commands, snakemake
 
 RUN = "results/runs/train/main/L4-rt-fp32-s1"
 STAGES = "results/runs/pretrain/main/L4-rt-fp32-s1"
@@ -34,17 +34,6 @@ def curriculum_config(tmp_path: Path, edit=None, name="curriculum.yaml") -> Path
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def planned_commands(text: str) -> dict[str, str]:
-    """output model.pt -> its shell command, from `snakemake -n -p` output."""
-    commands = {}
-    for block in re.split(r"\n(?=\[[A-Z][a-z]{2} )", text):
-        out = re.search(r"output: (\S+/model\.pt)", block)
-        cmd = re.search(r"Shell command: (.*)", block)
-        if out and cmd:
-            commands[out.group(1).rstrip(",")] = cmd.group(1)
-    return commands
 
 
 def init_from(command: str) -> str | None:

@@ -54,6 +54,17 @@ def snakemake(
     )
 
 
+def planned_commands(text: str) -> dict[str, str]:
+    """output model.pt -> its shell command, from `snakemake -n -p` output."""
+    commands = {}
+    for block in re.split(r"\n(?=\[[A-Z][a-z]{2} )", text):
+        out = re.search(r"output: (\S+/model\.pt)", block)
+        cmd = re.search(r"Shell command: (.*)", block)
+        if out and cmd:
+            commands[out.group(1).rstrip(",")] = cmd.group(1)
+    return commands
+
+
 def planned_training_runs(output: str) -> set[tuple]:
     return {
         (group, int(L), est, prec == "amp", int(seed))
@@ -192,21 +203,16 @@ def test_each_run_trains_its_steps_amp_steps_then_steps_by_estimator(tmp_path):
     )  # fmt: skip
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-3000:]
-    steps = {}
-    for block in re.split(r"\n(?=\[[A-Z][a-z]{2} )", text):
-        out = re.search(r"output: results/runs/train/main/(L4-\w+-\w+)-s1/model\.pt", block)
-        cmd = re.search(r"--steps (\d+)", block)
-        if out and cmd:
-            steps[out.group(1)] = int(cmd.group(1))
+    steps = {
+        re.fullmatch(r"results/runs/train/main/(L4-\w+-\w+)-s1/model\.pt", out).group(1): int(
+            re.search(r"--steps (\d+)", command).group(1)
+        )
+        for out, command in planned_commands(text).items()
+        if out.startswith("results/runs/train/main/")
+    }
     assert steps == {
         "L4-rt-fp32": 7, "L4-rt-amp": 5, "L4-reinforce-fp32": 9, "L4-reinforce-amp": 5,
     }  # fmt: skip
-
-
-def _train_commands(text: str) -> dict[str, str]:
-    """training run folder -> its `gaugeflow train` command, from `snakemake -n -p`."""
-    found = re.findall(r"--out \$\(dirname results/runs/train/(\S+)/model\.pt\) ([^\n]*)", text)
-    return dict(found)
 
 
 def test_config_yaml_is_the_default_and_never_leaks_into_another_config(tmp_path):
@@ -215,15 +221,20 @@ def test_config_yaml_is_the_default_and_never_leaks_into_another_config(tmp_path
     cosine schedule, the holonomy layers) reach the paper's runs."""
     default = snakemake("-n", "-p", "--cores", "2", workdir=tmp_path / "a")
     assert default.returncode == 0, default.stderr[-3000:]
-    runs = _train_commands(default.stdout + default.stderr)
+    runs = planned_commands(default.stdout + default.stderr)
     ours = yaml.safe_load((REPO / "config.yaml").read_text())["training"]
-    large = runs[f"large/L{ours['large']['L']}-reinforce-fp32-s1"]
+    large = runs[f"results/runs/train/large/L{ours['large']['L']}-reinforce-fp32-s1/model.pt"]
     assert "--init-from" in large and "--lr-schedule cosine" in large
     paper = snakemake(
         "-n", "-p", "--cores", "2", "--configfile", "config/paper.yaml", workdir=tmp_path / "b"
     )
     assert paper.returncode == 0, paper.stderr[-3000:]
-    runs = _train_commands(paper.stdout + paper.stderr)
+    runs = planned_commands(paper.stdout + paper.stderr)
+    runs = {
+        out.removeprefix("results/runs/train/").removesuffix("/model.pt"): command
+        for out, command in runs.items()
+        if out.startswith("results/runs/train/")
+    }
     assert runs, paper.stdout[-3000:]
     for name, command in runs.items():
         assert "--init-from" not in command and "--holonomy" not in command, name
@@ -231,6 +242,14 @@ def test_config_yaml_is_the_default_and_never_leaks_into_another_config(tmp_path
     assert "--steps 120000" in runs["main/L16-reinforce-amp-s1"]
     assert "--steps 120000" in runs["large/L24-reinforce-fp32-s1"]
     assert "--steps 40000" in runs["main/L16-rt-fp32-s1"]
+
+
+def test_without_the_profile_and_a_configfile_the_workflow_names_the_flag(tmp_path):
+    result = snakemake("-n", "--workflow-profile", "none", workdir=tmp_path / "work")
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "no configuration: pass --configfile config.yaml" in text, text[-3000:]
+    assert not (tmp_path / "work" / "results").exists()
 
 
 def test_lattice_error_names_the_key_path(tmp_path):

@@ -258,6 +258,13 @@ def run_steps(group, estimator, amp):
     return g["steps_by_estimator"].get(estimator, g["steps"])
 
 
+def lr_schedule(group, stage=None):
+    """A run's learning-rate schedule: its pretraining stage's, else its group's, else
+    training.lr_schedule."""
+    g, t = config["training"][group], config["training"]
+    return (stage or {}).get("lr_schedule", g.get("lr_schedule", t["lr_schedule"]))
+
+
 def train_flags(wildcards):
     g = config["training"][wildcards.group]
     t = config["training"]
@@ -271,7 +278,7 @@ def train_flags(wildcards):
         f"--batch-size {g['batch_size']}",
         f"--n-batches {g['n_batches']}",
         f"--lr {t['lr']}",
-        f"--lr-schedule {g.get('lr_schedule', t['lr_schedule'])}",
+        f"--lr-schedule {lr_schedule(wildcards.group)}",
         f"--assembly {t['assembly']}",
         f"--checkpoint-every {t['checkpoint_every']}",
         f"--snapshot-every {g.get('snapshot_every', t['snapshot_every'])}",

@@ -6,8 +6,9 @@
 #             model.pt initialises the group's runs;
 #   pretrain: a list of stages ([{L: 4, kappa: 0.0, steps: 100}, {L: 4, steps: 100}]), each a
 #             short training run whose keys override the group's (L, beta, kappa, steps,
-#             batch_size, n_batches, lr, lr_schedule, estimator); stage 1 starts from the parent (if any)
-#             or from scratch, stage k from stage k-1, and the group's run from the last stage.
+#             batch_size, n_batches, lr, lr_schedule, estimator); stage 1 starts from the
+#             parent (if any) or from scratch, stage k from stage k-1, and the group's run
+#             from the last stage.
 # Each link is a job (`gaugeflow train --init-from <previous model.pt>`), so Snakemake reruns
 # only the stages whose settings (params) or inputs changed, and what follows them.
 #
@@ -153,7 +154,7 @@ def stage_flags(wildcards):
         f"--batch-size {stage.get('batch_size', g['batch_size'])}",
         f"--n-batches {stage.get('n_batches', g['n_batches'])}",
         f"--lr {stage.get('lr', t['lr'])}",
-        f"--lr-schedule {stage.get('lr_schedule', g.get('lr_schedule', t['lr_schedule']))}",
+        f"--lr-schedule {lr_schedule(wildcards.group, stage)}",
         f"--assembly {t['assembly']}",
         f"--checkpoint-every {t['checkpoint_every']}",
         "--snapshot-every 0",

@@ -129,7 +129,7 @@ def _style(run: TrainingRun, seeds: list[int]) -> dict:
 def wrap_title(title: str, width: int = 110) -> str:
     """`title` broken into lines of at most `width` characters (a long scale label would run
     off the figure); existing line breaks are kept."""
-    return "\n".join(textwrap.fill(line, width) or line for line in title.split("\n"))
+    return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))
 
 
 def training_figure(runs: Sequence[TrainingRun], window: int, title: str = "") -> Figure:
