@@ -51,6 +51,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from gaugeflow.allocator import tune_allocator
 from gaugeflow.estimators import get_estimator
 from gaugeflow.flows.nets import ConvOptions, conv_options
 from gaugeflow.io import write_json
@@ -421,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         variant_options(v)
 
     torch.set_num_threads(args.threads)
+    malloc_tuned = tune_allocator()  # as the gaugeflow command line does
     meta = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
@@ -429,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/bench_convfloor.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "malloc_tuned": malloc_tuned,
         "code": git_state(),
         "load_at_start": loadavg(),
     }

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from gaugeflow.allocator import tune_allocator
 from gaugeflow.io import write_json
 from gaugeflow.measure import MeasureSetup, build_setup, gradient_step, measure_timing
 
@@ -232,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    malloc_tuned = tune_allocator()  # as the gaugeflow command line does
     meta = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
@@ -244,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_layers": args.n_layers,
         "hidden": args.hidden,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "malloc_tuned": malloc_tuned,
         "code": git_state(),
         "load_at_start": loadavg(),
     }

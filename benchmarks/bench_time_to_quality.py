@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gaugeflow.allocator import tune_allocator
 from gaugeflow.analysis import acceptance_rate, ess, nis_verdict
 from gaugeflow.io import save_torch, write_json
 from gaugeflow.physics.action import SchwingerAction
@@ -367,6 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--include-parent", action="store_true", help="shift warm starts")
     s.set_defaults(func=summary)
     args = parser.parse_args(argv)
+    tune_allocator()  # as the gaugeflow command line does
     args.func(args)
 
 

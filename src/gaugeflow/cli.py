@@ -12,6 +12,7 @@ import pkgutil
 import sys
 
 from . import __version__
+from .allocator import tune_allocator
 from .errors import UserError
 
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    tune_allocator()
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

@@ -8,9 +8,16 @@ import random
 import numpy as np
 import torch
 
+from .allocator import tune_allocator
 from .errors import UserError
 
-__all__ = ["resolve_device", "resolve_dtype", "seed_everything", "configure_threads"]
+__all__ = [
+    "resolve_device",
+    "resolve_dtype",
+    "seed_everything",
+    "configure_threads",
+    "tune_allocator",
+]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

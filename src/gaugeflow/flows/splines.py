@@ -42,10 +42,21 @@ def n_spline_params(n_bins: int) -> int:
     return 3 * n_bins
 
 
+def _softmax_last(logits: torch.Tensor) -> torch.Tensor:
+    """softmax over the last axis as exp / sum (the same function as ``torch.softmax``).
+
+    torch's CPU softmax kernel is slow for a short last axis (8 bins: ~150 us for 8k numbers
+    in torch 2.13, 4x these four element-wise kernels; benchmarks/RESULTS.md, session 7).
+    """
+    # the shift only keeps exp finite: softmax does not depend on it, so no gradient flows
+    e = torch.exp(logits - logits.detach().amax(dim=-1, keepdim=True))
+    return e / e.sum(dim=-1, keepdim=True)
+
+
 def _knot_positions(logits: torch.Tensor) -> torch.Tensor:
-    """Knots 0 = t_0 < ... < t_K = 2pi from K logits; the end points are exact."""
+    """Knots 0 = t_0 < ... < t_K = 2pi from K logits (along the last axis); exact end points."""
     n_bins = logits.shape[-1]
-    fractions = MIN_BIN_FRACTION + (1 - n_bins * MIN_BIN_FRACTION) * torch.softmax(logits, -1)
+    fractions = MIN_BIN_FRACTION + (1 - n_bins * MIN_BIN_FRACTION) * _softmax_last(logits)
     inner = TWO_PI * torch.cumsum(fractions[..., :-1], dim=-1)
     zero = torch.zeros_like(logits[..., :1])
     return torch.cat([zero, inner, zero + TWO_PI], dim=-1)
@@ -57,9 +68,13 @@ def spline_knots(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
         raise ValueError(
             f"spline parameters must have 3 * n_bins entries on the last axis; got {params.shape[-1]}"
         )
-    width_logits, height_logits, slope_raw = params.chunk(3, dim=-1)
-    xs = _knot_positions(width_logits)
-    ys = _knot_positions(height_logits)
+    n_bins = params.shape[-1] // 3
+    # width and height logits side by side: one pass of the knot arithmetic for both
+    # (contiguous: the element-wise kernels run ~2x faster than on the strided slice)
+    logits = params[..., : 2 * n_bins].unflatten(-1, (2, n_bins)).contiguous()
+    both = _knot_positions(logits)
+    xs, ys = both.unbind(dim=-2)
+    slope_raw = params[..., 2 * n_bins :]
     slopes = MIN_DERIVATIVE + F.softplus(slope_raw + _SLOPE_SHIFT)
     slopes = torch.cat([slopes, slopes[..., :1]], dim=-1)
     return xs, ys, slopes
