@@ -93,8 +93,8 @@ def test_training_step_gradient_matches_the_plain_torch_conditioner(estimator, L
 def test_each_switch_alone_keeps_the_reinforce_gradient(switch):
     L = 8
     flow = small_flow(L, seed=1)
-    # gemm_last is the backward of active_last's convolution: it needs that switch too
-    on = {switch, "active_last"} if switch == "gemm_last" else {switch}
+    # gemm_last(_small) evaluate active_last's convolution differently: they need that switch
+    on = {switch, "active_last"} if switch.startswith("gemm_last") else {switch}
     with conv_options(all=False, **dict.fromkeys(on, True)) as opts:
         assert [getattr(opts, s) for s in SWITCHES] == [s in on for s in SWITCHES]
         _, _, grads = step_gradients(flow, "reinforce", L, reference=False)
@@ -147,10 +147,12 @@ def test_sites_refuse_cosets_that_miss_the_mask():
         Sites.from_mask(active, _active_cosets(8, 0, 1)[:1])
 
 
+@pytest.mark.parametrize("gemm_small", [False, True])
 @pytest.mark.parametrize("padded_buffer", [True, False])
-def test_last_convolution_at_the_sites_matches_the_full_one(padded_buffer):
+def test_last_convolution_at_the_sites_matches_the_full_one(padded_buffer, gemm_small):
     """Both layouts of the padded input (the copy-free tall view and plain slices), with and
-    without grad, against the plain-torch conditioner read out at the active sites."""
+    without grad, by strided convolutions and by im2col matrix products (`gemm_last_small`),
+    against the plain-torch conditioner read out at the active sites."""
     from gaugeflow.flows import nets
 
     torch.manual_seed(4)
@@ -160,7 +162,9 @@ def test_last_convolution_at_the_sites_matches_the_full_one(padded_buffer):
         sites = Sites.from_mask(coupling_masks(L, mu, k).active, _active_cosets(L, mu, k))
         x = torch.randn(3, 6, L, L, dtype=torch.float64)
         ref = reference_net(net, x, sites)
-        with conv_options(all=False, active_last=True, padded_buffer=padded_buffer):
+        with conv_options(
+            all=False, active_last=True, padded_buffer=padded_buffer, gemm_last_small=gemm_small
+        ):
             with torch.no_grad():
                 torch.testing.assert_close(net(x, sites), ref, rtol=0, atol=1e-12)
             torch.testing.assert_close(net(x, sites), ref, rtol=0, atol=1e-12)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-__all__ = ["ConvOptions", "Sites", "conv_options", "current_options"]
+__all__ = ["GEMM_SITES_MAX_L", "ConvOptions", "Sites", "conv_options", "current_options"]
 
 
 @dataclass(frozen=True)
@@ -28,13 +28,22 @@ class ConvOptions:
     - ``gemm_last``: with ``active_last``, the last convolution's backward is two matrix
       products on the im2col rows of the active sites only (a quarter of the full backward's
       work), not a full convolution backward of a gradient that is zero at 3/4 of the sites.
+    - ``gemm_last_small``: with ``active_last``, on lattices up to ``GEMM_SITES_MAX_L`` the last
+      convolution itself is one matrix product per coset on the sites' im2col rows: there
+      oneDNN's strided convolution over the tall coset view runs at a fraction of its usual
+      speed (L = 4, batch 128, 16 channels: 630 vs 217 us; at L = 16, 64 channels the
+      convolution is faster; benchmarks/RESULTS.md, session 7).
     """
 
     active_last: bool = True
     padded_buffer: bool = True
     gemm_first: bool = True
     gemm_last: bool = True
+    gemm_last_small: bool = True
 
+
+#: largest lattice on which ``gemm_last_small`` applies
+GEMM_SITES_MAX_L = 8
 
 _OPTIONS = ConvOptions()
 
