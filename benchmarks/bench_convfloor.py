@@ -24,10 +24,17 @@ Variants (``--variants``) run the step with `ConvOptions` switches changed, inte
 the others in every round (A/B under the same load): ``new`` (all on, the default), ``ref``
 (all off), ``no-<switch>`` (all on but one), ``only-<switch>`` (one on). Usage::
 
-    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_convfloor.py
+    OMP_NUM_THREADS=2 python benchmarks/bench_convfloor.py      # idle machine: threads spin
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_convfloor.py  # shared
     python benchmarks/bench_convfloor.py --L 16 --estimators reinforce --variants new ref \
         no-active_last no-padded_buffer no-gemm_first --repeats 5
     python benchmarks/bench_convfloor.py --L 8 --n-layers 8 --repeats 1 --profile
+
+On a machine of its own, leave OMP_WAIT_POLICY unset (libgomp's threads spin a while
+before they sleep): with PASSIVE every parallel region of a step wakes sleeping threads, which
+made the paper flow's REINFORCE step at L = 8 about 1.4x slower on an idle 2-core machine
+(benchmarks/RESULTS.md, session 7). On a shared machine use PASSIVE: spinning threads beside
+one other busy process made the same step 2.5x slower. The policy is in the JSON's meta.
 
 ``--profile`` ends with a torch.profiler table (self CPU time) of one step per estimator at
 the last L, for the first variant.

@@ -159,6 +159,10 @@ def _amp_steps_without_amp(cfg):
     cfg["training"]["large"]["amp_steps"] = 3
 
 
+def _bad_wait_policy(cfg):
+    cfg["omp_wait_policy"] = "spin"
+
+
 @pytest.mark.parametrize(
     ("edit", "named"),
     [
@@ -170,6 +174,7 @@ def _amp_steps_without_amp(cfg):
         (_missing_required, "'scale' is a required property"),
         (_untrained_chain, "chains.fig3.estimator"),
         (_amp_steps_without_amp, "training.large.amp_steps is set"),
+        (_bad_wait_policy, "'spin' is not one of ['PASSIVE', 'ACTIVE']"),
     ],
     ids=[
         "typo",
@@ -180,6 +185,7 @@ def _amp_steps_without_amp(cfg):
         "required",
         "cross-key",
         "amp-steps",
+        "wait-policy",
     ],  # fmt: skip
 )
 def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path, edit, named):
@@ -191,6 +197,27 @@ def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path, edit, name
     assert result.returncode != 0
     assert named in text, text[-3000:]
     assert not (workdir / "results").exists()
+
+
+def test_omp_wait_policy_comes_from_the_config_unless_the_environment_sets_it(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    tiny = ["-n", "--cores", "1", "--configfile", "config/tiny.yaml"]
+    for extra, expected in (([], "PASSIVE"), (["--config", "omp_wait_policy=ACTIVE"], "ACTIVE")):
+        result = snakemake(*tiny, *extra, workdir=tmp_path / expected)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"jobs run with OMP_WAIT_POLICY={expected}" in result.stderr
+    # a policy in the environment wins, and the workflow says nothing
+    result = snakemake(
+        *tiny,
+        "--config",
+        "omp_wait_policy=ACTIVE",
+        workdir=tmp_path / "env",
+        OMP_WAIT_POLICY="PASSIVE",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "jobs run with OMP_WAIT_POLICY" not in result.stderr
 
 
 def test_each_run_trains_its_steps_amp_steps_then_steps_by_estimator(tmp_path):

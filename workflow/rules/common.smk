@@ -41,8 +41,15 @@ def _locate_cli():
 
 _locate_cli()
 # OpenMP threads that spin while they wait made a 2-thread step 4x slower when other jobs
-# shared the cores (benchmarks/RESULTS.md); jobs inherit this unless the user set it
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# shared the cores, and 1.4x faster on cores of its own (benchmarks/RESULTS.md, session 7):
+# config key omp_wait_policy (PASSIVE by default); jobs inherit it unless the user set it
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = config["omp_wait_policy"]
+    print(
+        f"gaugeflow: jobs run with OMP_WAIT_POLICY={config['omp_wait_policy']} (config key "
+        "omp_wait_policy; an OMP_WAIT_POLICY in the environment takes precedence)",
+        file=sys.stderr,
+    )
 
 
 FIGURES = ["fig2", "fig3", "fig4", "fig5"]
