@@ -43,8 +43,9 @@ _locate_cli()
 # OpenMP threads that spin while they wait made a 2-thread step 4x slower when other jobs
 # shared the cores, and 1.4x faster on cores of its own (benchmarks/RESULTS.md, session 7):
 # config key omp_wait_policy (PASSIVE by default); jobs inherit it unless the user set it
-if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = config["omp_wait_policy"]
+_INHERITED_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+os.environ.setdefault("OMP_WAIT_POLICY", config["omp_wait_policy"])
+if _INHERITED_WAIT_POLICY is None:
     print(
         f"gaugeflow: jobs run with OMP_WAIT_POLICY={config['omp_wait_policy']} (config key "
         "omp_wait_policy; an OMP_WAIT_POLICY in the environment takes precedence)",
