@@ -75,6 +75,47 @@ def _gemm_conv_backward(
     return gx, gw, gb
 
 
+def _site_columns(
+    xh: torch.Tensor, coset: tuple[int, int, int, int], L: int, kernel: int, dilation: int
+) -> torch.Tensor:
+    """im2col rows of one coset's sites: [B * n_r * n_c, k^2 C] (a copy).
+
+    `xh` is the padded input as [B, H, W, C] (any strides); row (b, i, j) holds the k x k taps,
+    all channels, that the convolution's output at site (r0 + i dr, c0 + j dc) reads.
+    """
+    r0, c0, dr, dc = coset
+    n_r, n_c = L // dr, L // dc
+    batch, c_in = xh.shape[0], xh.shape[-1]
+    s = xh.stride()
+    return xh.as_strided(
+        (batch, n_r, n_c, kernel, kernel, c_in),
+        (s[0], dr * s[1], dc * s[2], dilation * s[1], dilation * s[2], s[3]),
+        xh.storage_offset() + r0 * s[1] + c0 * s[2],
+    ).reshape(batch * n_r * n_c, kernel * kernel * c_in)
+
+
+def _gemm_at_sites(
+    padded: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    dilation: int,
+    sites: Sites,
+) -> torch.Tensor:
+    """`conv_ops._conv_at_sites` as one matrix product per coset on the sites' im2col rows
+    (`_site_columns`); any layout of `padded`. [B, n_sites, C_out] in the order of
+    ``sites.flat``."""
+    xh = padded.permute(0, 2, 3, 1)
+    c_out, c_in, kh, kw = weight.shape
+    wm = weight.permute(0, 2, 3, 1).reshape(c_out, kh * kw * c_in).t()
+    batch = padded.shape[0]
+    parts = []
+    for coset in sites.cosets:
+        cols = _site_columns(xh, coset, sites.L, kh, dilation)
+        y = cols @ wm if bias is None else torch.addmm(bias, cols, wm)
+        parts.append(y.view(batch, -1, c_out))
+    return torch.cat(parts, dim=1).index_select(1, sites.order)
+
+
 def _gemm_sites_backward(
     grad: torch.Tensor,
     padded: torch.Tensor,
@@ -93,7 +134,6 @@ def _gemm_sites_backward(
     c_out, _, kh, kw = weight.shape
     in_cosets = grad.new_empty(grad.shape).index_copy_(1, sites.order, grad)
     xh = padded.permute(0, 2, 3, 1)
-    s = xh.stride()
     wm = weight.permute(0, 2, 3, 1).reshape(c_out, kh * kw * c_in) if need_x else None
     gpad = torch.zeros_like(xh) if need_x else None
     gw = gb = None
@@ -103,11 +143,7 @@ def _gemm_sites_backward(
         g = in_cosets[:, start : start + n_r * n_c].reshape(batch * n_r * n_c, c_out)
         start += n_r * n_c
         if need_w:
-            cols = xh[:, r0:, c0:].as_strided(
-                (batch, n_r, n_c, kh, kw, c_in),
-                (s[0], dr * s[1], dc * s[2], dilation * s[1], dilation * s[2], s[3]),
-            )
-            part = g.t() @ cols.reshape(batch * n_r * n_c, kh * kw * c_in)
+            part = g.t() @ _site_columns(xh, (r0, c0, dr, dc), sites.L, kh, dilation)
             gw = part if gw is None else gw.add_(part)
         if need_b:
             part = g.sum(dim=0)

@@ -12,7 +12,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .conv_gemm import _gemm_conv_backward, _gemm_sites_backward, _layout, _scatter_sites
+from .conv_gemm import (
+    _gemm_at_sites,
+    _gemm_conv_backward,
+    _gemm_sites_backward,
+    _layout,
+    _scatter_sites,
+)
 from .conv_options import GEMM_SITES_MAX_L, Sites, current_options
 
 __all__ = ["circular_pad", "leaky_relu_circular_pad"]
@@ -171,37 +177,6 @@ def _conv_at_sites(
             ).flatten(1, 2)
         )
         parts.append(y)
-    return torch.cat(parts, dim=1).index_select(1, sites.order)
-
-
-def _gemm_at_sites(
-    padded: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    dilation: int,
-    sites: Sites,
-) -> torch.Tensor:
-    """`_conv_at_sites` as one matrix product per coset on the sites' im2col rows.
-
-    Row (b, i, j) of coset (r0, c0, dr, dc) holds the k x k taps (all channels) that the
-    convolution's output at site (r0 + i dr, c0 + j dc) of sample b reads: a strided view of
-    the padded input, copied once by the reshape. Any layout of `padded` works.
-    """
-    xh = padded.permute(0, 2, 3, 1)
-    s = xh.stride()
-    c_out, c_in, kh, kw = weight.shape
-    wm = weight.permute(0, 2, 3, 1).reshape(c_out, kh * kw * c_in).t()
-    batch = padded.shape[0]
-    parts = []
-    for r0, c0, dr, dc in sites.cosets:
-        n_r, n_c = sites.L // dr, sites.L // dc
-        cols = xh.as_strided(
-            (batch, n_r, n_c, kh, kw, c_in),
-            (s[0], dr * s[1], dc * s[2], dilation * s[1], dilation * s[2], s[3]),
-            xh.storage_offset() + r0 * s[1] + c0 * s[2],
-        ).reshape(batch * n_r * n_c, kh * kw * c_in)
-        y = cols @ wm if bias is None else torch.addmm(bias, cols, wm)
-        parts.append(y.view(batch, n_r * n_c, c_out))
     return torch.cat(parts, dim=1).index_select(1, sites.order)
 
 
