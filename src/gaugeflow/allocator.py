@@ -25,9 +25,10 @@ def tune_allocator() -> bool:
 
     glibc's malloc serves each block above its mmap threshold (128 KiB, adapting up to
     32 MiB) with a fresh mmap and unmaps it when freed, and gives the heap's free top back
-    to the OS; every step of a flow then faults the same memory in again, page by page
-    (at L = 16, batch 64, 48 layers: about a million page faults and ~2 s of system time per
-    ten steps; benchmarks/RESULTS.md, session 7). Raising both thresholds keeps that memory
+    to the OS; every step of a flow then faults much of the same memory in again, page by
+    page (paper flow at L = 16, batch 64: a benchmark process of about a dozen steps took
+    1.1 M page faults and 5-6 s of system time, 0.4 M and 3.7 s with this;
+    benchmarks/RESULTS.md, session 7). Raising both thresholds keeps that memory
     mapped: the resident set stays at the step's peak instead of following it up and down.
     Numbers are unchanged (only where memory comes from). Off with
     ``GAUGEFLOW_MALLOC_TUNING=0``; a no-op where libc is not glibc. Returns whether it applied.

@@ -8,16 +8,9 @@ import random
 import numpy as np
 import torch
 
-from .allocator import tune_allocator
 from .errors import UserError
 
-__all__ = [
-    "resolve_device",
-    "resolve_dtype",
-    "seed_everything",
-    "configure_threads",
-    "tune_allocator",
-]
+__all__ = ["resolve_device", "resolve_dtype", "seed_everything", "configure_threads"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

@@ -128,8 +128,8 @@ def _rank_main(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ..allocator import tune_allocator
     from ..distributed import process_group
-    from ..runtime import tune_allocator
     from ..training import make_config, train
 
     tune_allocator()  # a rank started by --nproc is a fresh process
