@@ -20,6 +20,7 @@ CHOICE_OF_KEY = {
     "amp_dtype": choices.AMP_DTYPES,
     "dtype": choices.DTYPES,
     "on_failure": ("stop", "record"),  # the workflow's own option; no library code reads it
+    "omp_wait_policy": ("PASSIVE", "ACTIVE"),  # the workflow's own: its jobs' OMP_WAIT_POLICY
 }
 _KEYWORDS = {"properties", "$defs", "items", "additionalProperties", "default"}
 
