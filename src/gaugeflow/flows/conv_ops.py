@@ -84,8 +84,17 @@ def _leaky_pad_into(x: torch.Tensor, pad: int, slope: float, rows: int = 1) -> t
     return _fill_border(out, pad)
 
 
+def _gemm_sites(sites: Sites) -> bool:
+    """Whether `_conv_at_sites` uses matrix products here (``gemm_last_small``)."""
+    return current_options().gemm_last_small and sites.L <= GEMM_SITES_MAX_L
+
+
 def _site_rows(sites: Sites) -> int:
-    """Row multiple of the cosets' row steps (for `_leaky_pad_into`)."""
+    """Row multiple of the cosets' row steps (for `_leaky_pad_into`): the blocked layout the
+    strided convolutions of `_conv_at_sites` read without a copy; 1 (plain layout, no spare
+    rows to zero) where it uses matrix products, which read any layout."""
+    if _gemm_sites(sites):
+        return 1
     return math.lcm(*(dr for _, _, dr, _ in sites.cosets))
 
 
@@ -153,7 +162,7 @@ def _conv_at_sites(
     padded input from (r0 + i dr, c0 + j dc) on, exactly the taps of the full convolution's
     output at that site.
     """
-    if current_options().gemm_last_small and sites.L <= GEMM_SITES_MAX_L:
+    if _gemm_sites(sites):
         return _gemm_at_sites(padded, weight, bias, dilation, sites)
     parts = []
     batch = padded.shape[0]
