@@ -481,6 +481,19 @@ def test_macros_quote_speedups_fits_and_chain_results():
     assert m["gfEssLargeReAmpClause"] == " (0.30 with amp)"
 
 
+def test_chain_text_names_the_symmetry_group_only_when_one_was_used():
+    plain = macros.build_macros({"scale": "s"}, analyses={"main": {"acceptance": 0.2}})
+    assert plain["gfSymClauseMain"] == "" and plain["gfSymClauseLarge"] == ""
+    older = macros.build_macros({"scale": "s"}, analyses={"main": {"symmetry": "none"}})
+    assert older["gfSymClauseMain"] == ""
+    m = macros.build_macros(
+        {"scale": "s"}, analyses={"large": {"symmetry": "T2+C", "symmetry_size": 32}}
+    )
+    clause = m["gfSymClauseLarge"]
+    assert "translations by even vectors and charge conjugation" in clause
+    assert "$|G| = 32$" in clause and r"\ref{sec:symmetry}" in clause
+
+
 def test_value_error_rounds_the_error_to_two_digits():
     assert macros.value_error(1.23456, 0.0123) == r"\ensuremath{1.235 \pm 0.012}"
     assert macros.value_error(None, 1.0) == macros.NA

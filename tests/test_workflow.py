@@ -163,6 +163,10 @@ def _bad_wait_policy(cfg):
     cfg["omp_wait_policy"] = "spin"
 
 
+def _bad_symmetry(cfg):
+    cfg["chains"]["fig5"]["symmetrize"] = "T+T2"
+
+
 @pytest.mark.parametrize(
     ("edit", "named"),
     [
@@ -175,6 +179,7 @@ def _bad_wait_policy(cfg):
         (_untrained_chain, "chains.fig3.estimator"),
         (_amp_steps_without_amp, "training.large.amp_steps is set"),
         (_bad_wait_policy, "'spin' is not one of ['PASSIVE', 'ACTIVE']"),
+        (_bad_symmetry, "chains.fig5.symmetrize: symmetry 'T+T2': name one translation group"),
     ],
     ids=[
         "typo",
@@ -186,6 +191,7 @@ def _bad_wait_policy(cfg):
         "cross-key",
         "amp-steps",
         "wait-policy",
+        "symmetry",
     ],  # fmt: skip
 )
 def test_invalid_config_stops_before_any_job_naming_the_key(tmp_path, edit, named):

@@ -29,6 +29,7 @@ import torch
 from .errors import UserError
 from .io import atomic_path
 from .modelfile import REQUIRED_KEYS
+from .symmetry import SymmetryGroup, parse_symmetry, symmetric_logq
 
 __all__ = [
     "Proposals",
@@ -94,6 +95,9 @@ class FlowProposer:
     log P = -S and the observables (one factorisation per configuration); without, only the
     action is evaluated (enough for an acceptance rate). Configurations are cast to
     ``measure_dtype`` before the target is evaluated; log q stays in the flow's precision.
+    With a non-trivial ``symmetry`` (`gaugeflow.symmetry`) the proposal is the symmetrised
+    flow: each configuration is mapped by a random element of the group and log q is that of
+    the mixture q_G (|G| - 1 extra reverse passes per proposal).
     """
 
     def __init__(
@@ -104,8 +108,10 @@ class FlowProposer:
         generator: torch.Generator,
         with_observables: bool = True,
         measure_dtype: torch.dtype = torch.float64,
+        symmetry: SymmetryGroup | None = None,
     ) -> None:
         self.flow = flow
+        self.symmetry = symmetry if symmetry is not None and not symmetry.trivial else None
         self.prior = prior
         self.beta = float(action["beta"])
         self.kappa = float(action["kappa"])
@@ -122,11 +128,19 @@ class FlowProposer:
             self._action = SchwingerAction(self.beta, self.kappa, **self.action_options)
         return -self._action(theta)
 
+    def _flow_logq(self, phi: torch.Tensor) -> torch.Tensor:
+        """log q of given configurations (the flow's reverse pass)."""
+        z, log_det = self.flow.reverse(phi)
+        return self.prior.log_prob(z) + log_det
+
     def __call__(self, n: int) -> Proposals:
         with torch.inference_mode():
             z = self.prior.sample(n, generator=self.generator)
             phi, log_det = self.flow(z)
             logq = self.prior.log_prob(z) - log_det
+            if self.symmetry is not None:
+                logq = symmetric_logq(self._flow_logq, phi, logq, self.symmetry)
+                phi = self.symmetry.apply_random(phi, self.generator)
             theta = phi.to(self.measure_dtype)
             if not self.with_observables:
                 return Proposals(_to_numpy(logq), _to_numpy(self._log_prob(theta)))
@@ -267,9 +281,13 @@ def chain_metadata(
     L: int,
     config: Mapping[str, Any],
     batch_size: int,
+    symmetry: str = "none",
+    symmetry_size: int = 1,
 ) -> dict[str, Any]:
     """Scalar metadata stored beside a chain's arrays (config as a JSON string)."""
     return {
+        "symmetry": str(symmetry),
+        "symmetry_size": int(symmetry_size),
         "seed": int(seed),
         "model": str(model),
         "beta": float(beta),
@@ -301,23 +319,29 @@ def open_model(
     kappa: float | None = None,
     with_observables: bool = True,
     measure_dtype: torch.dtype = torch.float64,
+    symmetry: str | None = None,
 ) -> tuple[FlowProposer, dict[str, Any]]:
     """A seeded proposal source from a model file, plus metadata describing the run.
 
     ``beta`` / ``kappa`` override the target the model was trained for (the model's own
-    action is kept in the metadata under ``trained_action``).
+    action is kept in the metadata under ``trained_action``). ``symmetry`` names a group
+    (`gaugeflow.symmetry.parse_symmetry`, e.g. ``'T+C'``) over which the proposal density
+    is averaged; None or ``'none'``: the flow itself.
     """
     from .runtime import resolve_device
 
     device = resolve_device(device)
     flow, prior, action, config = load_model(path, device)
+    group = parse_symmetry(symmetry, prior.L)
     target = dict(action)
     if beta is not None:
         target["beta"] = float(beta)
     if kappa is not None:
         target["kappa"] = float(kappa)
     generator = torch.Generator(device=device).manual_seed(int(seed))
-    source = FlowProposer(flow, prior, target, generator, with_observables, measure_dtype)
+    source = FlowProposer(
+        flow, prior, target, generator, with_observables, measure_dtype, symmetry=group
+    )
     meta = {
         "seed": int(seed),
         "model": str(path),
@@ -327,6 +351,8 @@ def open_model(
         "trained_action": action,
         "device": str(device),
         "config": config,
+        "symmetry": group.spec,
+        "symmetry_size": group.size,
     }
     return source, meta
 
@@ -340,13 +366,16 @@ def sample_model(
     beta: float | None = None,
     kappa: float | None = None,
     progress: bool = False,
+    symmetry: str | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """An n-step independence Metropolis chain with a model's flow as proposal.
 
     Besides the chain's arrays, ``proposal_logq`` / ``proposal_logp`` hold log q and log P of
     the proposal made at each step, so that the chain file also yields an NIS free energy.
     """
-    source, meta = open_model(path, seed, device, beta, kappa, with_observables=True)
+    source, meta = open_model(
+        path, seed, device, beta, kappa, with_observables=True, symmetry=symmetry
+    )
     chain, offered = run_chain(source, n, np.random.default_rng(seed), batch_size, progress)
     chain["proposal_logq"] = offered.logq
     chain["proposal_logp"] = offered.logp
@@ -362,6 +391,7 @@ def model_acceptance(
     beta: float | None = None,
     kappa: float | None = None,
     progress: bool = False,
+    symmetry: str | None = None,
 ) -> dict[str, Any]:
     """Acceptance rate of an n-step chain (paper fig. 2 right); only the action is evaluated.
 
@@ -369,7 +399,9 @@ def model_acceptance(
     """
     from .analysis import acceptance_rate, bridges, ess
 
-    source, meta = open_model(path, seed, device, beta, kappa, with_observables=False)
+    source, meta = open_model(
+        path, seed, device, beta, kappa, with_observables=False, symmetry=symmetry
+    )
     chain, offered = run_chain(source, n, np.random.default_rng(seed), batch_size, progress)
     br = bridges(chain["accepted"])
     return {
@@ -390,6 +422,7 @@ def model_nis(
     beta: float | None = None,
     kappa: float | None = None,
     progress: bool = False,
+    symmetry: str | None = None,
 ) -> dict[str, Any]:
     """Neural importance sampling from n proposals: F = -log Z, ESS and reweighted observables.
 
@@ -398,6 +431,8 @@ def model_nis(
     """
     from .analysis import nis_estimates
 
-    source, meta = open_model(path, seed, device, beta, kappa, with_observables=True)
+    source, meta = open_model(
+        path, seed, device, beta, kappa, with_observables=True, symmetry=symmetry
+    )
     props = draw_proposals(source, n, batch_size, progress)
     return {**nis_estimates(props.logq, props.logp, props.observables), **meta}

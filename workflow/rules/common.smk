@@ -13,6 +13,8 @@ from snakemake.exceptions import WorkflowError
 # gaugeflow the interpreter has installed
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from gaugeflow.choices import ASSEMBLIES, ESTIMATOR_LABELS, ESTIMATORS  # noqa: E402
+from gaugeflow.errors import UserError  # noqa: E402
+from gaugeflow.symmetry import parse_symmetry  # noqa: E402
 
 
 def _locate_cli():
@@ -112,6 +114,10 @@ def check_config(cfg):
                     f"config key chains.{fig}.{key} = {chain[key]!r} names no training run: "
                     f"training.{group} trains {key} in {allowed}"
                 )
+        try:  # the CLI's own parser: the same names, the same message, before any job
+            parse_symmetry(chain["symmetrize"], runs["L"])
+        except UserError as err:
+            raise WorkflowError(f"config key chains.{fig}.symmetrize: {err}") from None
     for group in GROUP_FIGURES:
         extra = set(cfg["training"][group]["steps_by_estimator"]) - set(
             cfg["training"][group]["estimators"]
@@ -335,6 +341,10 @@ def chain_length(wildcards):
 
 def chain_seed(wildcards):
     return config["chains"][wildcards.fig]["chain_seed"]
+
+
+def chain_symmetry(wildcards):
+    return config["chains"][wildcards.fig]["symmetrize"]
 
 
 def chain_title(fig):

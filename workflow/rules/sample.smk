@@ -10,6 +10,7 @@ rule sample:
     params:
         n=chain_length,
         seed=chain_seed,
+        symmetry=chain_symmetry,
         batch=config["chains"]["batch_size"],
         device=config["device"],
     log:
@@ -26,7 +27,7 @@ rule sample:
     shell:
         "gaugeflow sample --model {input.model} --n {params.n} --seed {params.seed}"
         " --batch-size {params.batch} --device {params.device} --no-progress --out {output}"
-        " > {log} 2>&1"
+        " --symmetrize '{params.symmetry}' > {log} 2>&1"
 
 
 rule analyze:
@@ -59,6 +60,7 @@ rule nis:
     params:
         n=chain_length,
         seed=chain_seed,
+        symmetry=chain_symmetry,
         batch=config["chains"]["batch_size"],
         device=config["device"],
     log:
@@ -75,4 +77,4 @@ rule nis:
     shell:
         "gaugeflow nis --model {input.model} --n {params.n} --seed {params.seed}"
         " --batch-size {params.batch} --device {params.device} --no-progress --out {output}"
-        " > {log} 2>&1"
+        " --symmetrize '{params.symmetry}' > {log} 2>&1"

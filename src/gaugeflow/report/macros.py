@@ -141,6 +141,25 @@ def _training_macros(group: str, summary: pd.DataFrame | None) -> dict[str, str]
     return out
 
 
+_SYMMETRY_WORDS = {
+    "T": "all translations",
+    "T2": "the translations by even vectors",
+    "T4": "the translations by multiples of 4",
+    "C": "charge conjugation",
+}
+
+
+def symmetry_clause(spec: str | None, size: int | None) -> str:
+    """'' for plain flow proposals, else a clause naming the group the proposals average over."""
+    if not spec or spec == "none":
+        return ""
+    parts = " and ".join(_SYMMETRY_WORDS.get(t, escape(t)) for t in str(spec).split("+"))
+    return (
+        f", with the flow's density averaged over {parts} ($|G| = {size}$; an exact proposal "
+        "for this target, not in the paper, see Sec.~\\ref{sec:symmetry})"
+    )
+
+
 def _chain_macros(group: str, analysis: Mapping | None, nis: Mapping | None) -> dict[str, str]:
     name = _GROUPS[group]
     a = analysis or {}
@@ -160,6 +179,7 @@ def _chain_macros(group: str, analysis: Mapping | None, nis: Mapping | None) -> 
         f"gfBridges{name}": str(len(long_runs)) if long_runs is not None else NA,
         f"gfLongest{name}": str(bridges.get("longest", NA)),
     }
+    out[f"gfSymClause{name}"] = symmetry_clause(a.get("symmetry"), a.get("symmetry_size"))
     n = nis or {}
     out[f"gfFreeEnergy{name}"] = value_error(n.get("free_energy"), n.get("free_energy_error"))
     out[f"gfNisEss{name}"] = format_number(n.get("ess"), 2) if n.get("ess") is not None else NA

@@ -1,0 +1,160 @@
+"""Symmetrised proposals: a flow's density averaged over symmetries of the target.
+
+The Schwinger action on the L x L torus is invariant under lattice translations,
+theta_mu(x) -> theta_mu(x + a) (the antiperiodic time boundary of the fermions is a twist
+that a gauge transformation moves anywhere, and det D^dagger D is gauge invariant), and under
+charge conjugation, theta -> -theta (U -> U*: the plaquette action depends on cos P, and
+det D^dagger D = |det D|^2 is unchanged). A trained flow q is not: its coupling masks single
+out sites (the couplings are invariant only under translations by multiples of 4) and the
+holonomy layers single out line 0, and nothing in it ties q(theta) to q(-theta).
+
+For a finite group G of such maps (each one volume-preserving on the angles),
+
+    q_G(phi) = (1 / |G|) sum_{g in G} q(g phi)
+
+is again a normalised density, invariant under G, and it is sampled exactly by drawing
+psi ~ q and g uniform in G and proposing phi = g psi (the density of g psi is
+(1/|G|) sum_g q(g^-1 phi), the same sum since G is a group). Because the target P is
+G-invariant, KL(q_G || P) <= KL(q || P) (convexity of KL in its first argument): the
+symmetrised proposal is never worse, and importance weights P / q_G are those of an exact
+sampler, so NMCMC and NIS stay exact. The cost is |G| - 1 reverse passes of the flow per
+proposal (log q(phi) itself comes with the forward pass).
+
+Groups are named by a spec: ``none``, or ``+``-joined tokens among ``T`` (all L^2
+translations), ``T2`` (translations by even vectors, (L/2)^2), ``T4`` (by multiples of 4,
+(L/4)^2) and ``C`` (charge conjugation); e.g. ``T+C`` has 2 L^2 elements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled: the workflow parses specs
+    import torch  # with this module and should not pay for importing torch
+
+__all__ = [
+    "SYMMETRY_TOKENS",
+    "SymmetryGroup",
+    "parse_symmetry",
+    "symmetric_logq",
+]
+
+#: token -> translation stride (None: charge conjugation)
+SYMMETRY_TOKENS: dict[str, int | None] = {"T": 1, "T2": 2, "T4": 4, "C": None}
+
+Element = tuple[int, int, int]  # (shift along axis 0, shift along axis 1, sign)
+
+
+@dataclass(frozen=True)
+class SymmetryGroup:
+    """A finite group of translations (by multiples of `stride`) times optional sign flip."""
+
+    spec: str
+    L: int
+    stride: int | None  # None: no translations
+    charge: bool
+
+    @property
+    def elements(self) -> list[Element]:
+        """All elements, the identity first: (a, b, c) maps theta to c * theta(x + (a, b))."""
+        shifts = [(0, 0)]
+        if self.stride is not None:
+            steps = range(0, self.L, self.stride)
+            shifts = [(a, b) for a in steps for b in steps]
+        signs = (1, -1) if self.charge else (1,)
+        return [(a, b, c) for c in signs for a, b in shifts]
+
+    @property
+    def size(self) -> int:
+        n = 1 if self.stride is None else (self.L // self.stride) ** 2
+        return n * (2 if self.charge else 1)
+
+    @property
+    def trivial(self) -> bool:
+        return self.size == 1
+
+    @staticmethod
+    def transform(theta: torch.Tensor, element: Element) -> torch.Tensor:
+        """g theta for g = (a, b, c): theta_mu(x) -> c theta_mu(x + (a, b)); [B, 2, L, L]."""
+        import torch
+
+        a, b, c = element
+        out = theta if (a, b) == (0, 0) else torch.roll(theta, shifts=(-a, -b), dims=(-2, -1))
+        if c == -1:
+            return -out
+        return out.clone() if out is theta else out
+
+    def apply_random(self, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Each configuration mapped by its own uniformly drawn element (one draw per row)."""
+        import torch
+
+        if self.trivial:
+            return theta
+        elements = self.elements
+        pick = torch.randint(
+            len(elements), (theta.shape[0],), generator=generator, device=generator.device
+        ).to(theta.device)
+        out = torch.empty_like(theta)
+        for index in torch.unique(pick).tolist():
+            rows = (pick == index).nonzero().squeeze(1)
+            out[rows] = self.transform(theta.index_select(0, rows), elements[index])
+        return out
+
+
+def parse_symmetry(spec: str | None, L: int) -> SymmetryGroup:
+    """The group named by `spec` on an L x L lattice; a clear UserError for a bad spec."""
+    text = "none" if spec is None else str(spec).strip()
+    if text.lower() == "none" or text == "":
+        return SymmetryGroup("none", L, None, False)
+    tokens = [t.strip() for t in text.split("+")]
+    valid = ", ".join(SYMMETRY_TOKENS)
+    unknown = [t for t in tokens if t not in SYMMETRY_TOKENS]
+    if unknown:
+        raise UserError(
+            f"symmetry {spec!r}: unknown part(s) {', '.join(map(repr, unknown))}; use 'none' or "
+            f"'+'-joined parts among {valid} (e.g. 'T+C')"
+        )
+    if len(set(tokens)) != len(tokens):
+        raise UserError(f"symmetry {spec!r}: a part is named twice")
+    strides = [SYMMETRY_TOKENS[t] for t in tokens if SYMMETRY_TOKENS[t] is not None]
+    if len(strides) > 1:
+        raise UserError(f"symmetry {spec!r}: name one translation group (T, T2 or T4), not several")
+    stride = strides[0] if strides else None
+    if stride is not None and L % stride:
+        raise UserError(
+            f"symmetry {spec!r}: translations by {stride} need L divisible by it; L={L}"
+        )
+    order = [t for t in SYMMETRY_TOKENS if t in tokens]  # canonical spelling: T..., then C
+    return SymmetryGroup("+".join(order), L, stride, "C" in tokens)
+
+
+def symmetric_logq(
+    log_density: Callable[[torch.Tensor], torch.Tensor],
+    phi: torch.Tensor,
+    logq: torch.Tensor,
+    group: SymmetryGroup,
+    max_batch: int = 1024,
+) -> torch.Tensor:
+    """log q_G(phi) = logmeanexp_g log q(g phi), float64, [B].
+
+    ``logq`` is log q(phi) (the identity's term, from the forward pass); ``log_density``
+    evaluates log q of a batch of configurations (the flow's reverse pass). The other
+    |G| - 1 images are evaluated in chunks of at most `max_batch` configurations.
+    """
+    import torch
+
+    terms = [logq.to(torch.float64)]
+    others = group.elements[1:]
+    per_call = max(1, max_batch // max(1, phi.shape[0]))
+    for start in range(0, len(others), per_call):
+        chunk = others[start : start + per_call]
+        images = torch.cat([group.transform(phi, g) for g in chunk])
+        values = log_density(images).to(torch.float64)
+        terms.extend(values.split(phi.shape[0]))
+    stacked = torch.stack(terms)
+    return torch.logsumexp(stacked, dim=0) - math.log(group.size)
