@@ -25,6 +25,9 @@ from gaugeflow.symmetry import SymmetryGroup, parse_symmetry, symmetric_logq
         ("T4", 8, "T4", 4),
         ("C+T", 4, "T+C", 32),
         (" T2 + C ", 8, "T2+C", 32),
+        ("C+P", 8, "P+C", 8),
+        ("P+T4+C", 8, "T4+P+C", 32),
+        ("T+P+C", 4, "T+P+C", 128),
     ],
 )
 def test_parse_names_the_group_and_its_size(spec, L, canonical, size):
@@ -32,13 +35,13 @@ def test_parse_names_the_group_and_its_size(spec, L, canonical, size):
     assert group.spec == canonical and group.size == size
     elements = group.elements
     assert len(elements) == size == len(set(elements))
-    assert elements[0] == (0, 0, 1)  # the identity first
+    assert elements[0] == (0, 0, 0, 0, 1)  # the identity first
 
 
 @pytest.mark.parametrize(
     "spec, words",
     [
-        ("X", ["'X'", "T, T2, T4, C"]),
+        ("X", ["'X'", "T, T2, T4, P, C"]),
         ("T+t", ["'t'"]),
         ("T+T", ["twice"]),
         ("T+T2", ["one translation group"]),
@@ -56,7 +59,7 @@ def test_translation_stride_must_divide_L():
         parse_symmetry("T4", 6)
 
 
-@pytest.mark.parametrize("spec", ["T+C", "T2+C", "T4", "C"])
+@pytest.mark.parametrize("spec", ["T+C", "T2+C", "T4", "C", "P", "T2+P+C"])
 def test_elements_form_a_group(spec):
     """Closed under composition: g(h(theta)) is some element's image of theta."""
     group = parse_symmetry(spec, 8)
@@ -70,18 +73,22 @@ def test_elements_form_a_group(spec):
 
 def test_schwinger_action_is_invariant_under_the_group():
     """The claim symmetrisation rests on: translations (antiperiodic time boundary for the
-    fermions) and charge conjugation leave S = S_gauge - log det D^dagger D unchanged."""
+    fermions), reflections of either axis and charge conjugation leave
+    S = S_gauge - log det D^dagger D unchanged."""
     from gaugeflow.physics.action import SchwingerAction
 
     action = SchwingerAction(2.0, 0.276)
     theta = 2 * math.pi * torch.rand(3, 2, 4, 4, dtype=torch.float64,
                                      generator=torch.Generator().manual_seed(1))  # fmt: skip
     s = action(theta)
-    group = parse_symmetry("T+C", 4)
+    group = parse_symmetry("T+P+C", 4)
     for g in group.elements:
         torch.testing.assert_close(action(group.transform(theta, g)), s, rtol=1e-12, atol=1e-9)
-    # and the check can fail: a map that is not a symmetry changes S
+    # and the check can fail: maps that are not symmetries change S (a naive mirror that
+    # does not reverse the links; the pure-gauge part alone would not notice sign errors)
     assert (action(theta.flip(-1)) - s).abs().max() > 1e-3
+    swapped = torch.stack((theta[:, 1], theta[:, 0]), dim=1).transpose(-1, -2)
+    assert (action(swapped) - s).abs().max() > 1e-3  # x <-> t: the boundary conditions differ
 
 
 def _random_flow(L: int, dtype=torch.float64):
@@ -109,10 +116,10 @@ def test_mixture_density_is_invariant_and_reduces_to_the_flow():
                                    generator=torch.Generator().manual_seed(2))  # fmt: skip
     with torch.no_grad():
         plain = _logq(flow, phi)
-        group = parse_symmetry("T+C", 4)
+        group = parse_symmetry("T2+P+C", 4)
         mixed = symmetric_logq(lambda x: _logq(flow, x), phi, plain, group, max_batch=20)
         # the flow is far from symmetric (else this test would prove nothing) ...
-        moved = _logq(flow, group.transform(phi, (1, 2, -1)))
+        moved = _logq(flow, group.transform(phi, (1, 2, 0, 1, -1)))
         assert (moved - plain).abs().max() > 0.1
         # ... and the mixture is exactly invariant under every element
         for g in group.elements:
@@ -125,7 +132,7 @@ def test_mixture_density_is_invariant_and_reduces_to_the_flow():
 
 
 def test_random_elements_are_drawn_per_configuration():
-    group = parse_symmetry("T+C", 4)
+    group = parse_symmetry("T+P+C", 4)
     theta = torch.rand(64, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     out = group.apply_random(theta, torch.Generator().manual_seed(1))
     matched = []
@@ -141,7 +148,8 @@ def test_random_elements_are_drawn_per_configuration():
 
 def test_symmetrised_nis_reproduces_exact_pure_u1():
     """beta = 0.2, kappa = 0, L = 4 (exactly solvable), a random flow (q far from uniform):
-    NIS with proposals symmetrised over T+C (|G| = 32) gives log Z and <cos P> within 3 errors.
+    NIS with proposals symmetrised over T2+P+C (|G| = 32) gives log Z and <cos P> within 3
+    errors.
     A mixture density off by any constant (e.g. without the 1/|G|, log 32 = 3.5) would miss by
     far more than the error (about 0.01 here)."""
     from gaugeflow.analysis import nis_estimates
@@ -152,7 +160,7 @@ def test_symmetrised_nis_reproduces_exact_pure_u1():
     torch.set_num_threads(1)
     flow = _random_flow(4)
     exact = exact_pure_gauge(0.2, 4)
-    group = parse_symmetry("T+C", 4)
+    group = parse_symmetry("T2+P+C", 4)
     source = FlowProposer(flow, UniformPrior(4, dtype=torch.float64), {"beta": 0.2, "kappa": 0.0},
                           torch.Generator().manual_seed(4), symmetry=group)  # fmt: skip
     props = draw_proposals(source, 4096, batch_size=512)
@@ -202,10 +210,10 @@ def test_cli_symmetrize_is_recorded_and_a_bad_group_writes_nothing(tmp_path, cap
     torch.save(payload, model)
     common = ("--model", str(model), "--n", "64", "--seed", "1", "--batch-size", "32")
 
-    assert _cli("sample", *common, "--symmetrize", "C+T2", "--out", str(tmp_path / "c.npz")) == 0
+    assert _cli("sample", *common, "--symmetrize", "C+P", "--out", str(tmp_path / "c.npz")) == 0
     chain = load_npz(tmp_path / "c.npz")
-    assert str(chain["symmetry"]) == "T2+C" and int(chain["symmetry_size"]) == 8
-    assert "symmetrised over T2+C, |G| = 8" in capsys.readouterr().out
+    assert str(chain["symmetry"]) == "P+C" and int(chain["symmetry_size"]) == 8
+    assert "symmetrised over P+C, |G| = 8" in capsys.readouterr().out
 
     assert _cli("nis", *common, "--symmetrize", "T", "--out", str(tmp_path / "n.json")) == 0
     nis = json.loads((tmp_path / "n.json").read_text())
@@ -224,6 +232,6 @@ def test_cli_symmetrize_is_recorded_and_a_bad_group_writes_nothing(tmp_path, cap
 
 def test_group_transform_does_not_alias_its_input():
     theta = torch.zeros(1, 2, 4, 4)
-    out = SymmetryGroup.transform(theta, (0, 0, 1))
+    out = SymmetryGroup.transform(theta, (0, 0, 0, 0, 1))
     out += 1
     assert theta.abs().sum() == 0

@@ -145,6 +145,7 @@ _SYMMETRY_WORDS = {
     "T": "all translations",
     "T2": "the translations by even vectors",
     "T4": "the translations by multiples of 4",
+    "P": "the reflections of both axes",
     "C": "charge conjugation",
 }
 
