@@ -56,6 +56,7 @@ from gaugeflow.analysis import acceptance_rate, ess, nis_verdict
 from gaugeflow.io import save_torch, write_json
 from gaugeflow.physics.action import SchwingerAction
 from gaugeflow.sampling import Proposals, run_chain
+from gaugeflow.symmetry import parse_symmetry, symmetric_logq
 from gaugeflow.training import TrainStep, make_config, model_payload, warm_start
 
 SCORE_COLUMNS = [
@@ -93,8 +94,16 @@ def lr_factor(schedule: str, t: float, budget: float, warmup: float) -> float:
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-def score(flow, prior, action_params, n: int, seed: int, batch: int = 256) -> dict[str, float]:
-    """ESS, chain acceptance and F_q of n fresh samples of the flow (flow left in train mode)."""
+def score(
+    flow, prior, action_params, n: int, seed: int, batch: int = 256, symmetry: str = "none"
+) -> dict[str, float]:
+    """ESS, chain acceptance and F_q of n fresh samples of the flow (flow left in train mode).
+
+    With a `symmetry` group (gaugeflow.symmetry) the proposal is the symmetrised flow q_G; its
+    weights p / q_G are G-invariant, so scoring the flow's own samples with log q_G gives the
+    symmetrised sampler's numbers without mapping them.
+    """
+    group = parse_symmetry(symmetry, prior.L)
     flow.eval()
     generator = torch.Generator(device="cpu").manual_seed(seed)
     target = SchwingerAction(**action_params)
@@ -107,8 +116,14 @@ def score(flow, prior, action_params, n: int, seed: int, batch: int = 256) -> di
             z = prior.sample(m, generator=generator)
             phi, log_det = flow(z)
             logq = prior.log_prob(z) - log_det
+            if not group.trivial:
+                logq = symmetric_logq(reverse_logq, phi, logq, group)
             logp = target.log_prob(phi.to(torch.float64))
         return Proposals(logq.double().numpy(), logp.double().numpy())
+
+    def reverse_logq(phi: torch.Tensor) -> torch.Tensor:
+        z, log_det = flow.reverse(phi)
+        return prior.log_prob(z) + log_det
 
     chain, offered = run_chain(source, n, np.random.default_rng(seed), batch_size=batch)
     flow.train()
@@ -170,7 +185,14 @@ def run(args: argparse.Namespace) -> None:
 
     def take_score(t: float, step: int, lr: float) -> None:
         s0 = time.perf_counter()
-        result = score(flow, prior, score_params, args.n_score, args.score_seed + len(rows))
+        result = score(
+            flow,
+            prior,
+            score_params,
+            args.n_score,
+            args.score_seed + len(rows),
+            symmetry=args.symmetrize,
+        )
         row = {
             "train_seconds": t,
             "step": step,
@@ -358,6 +380,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", type=float, default=240.0, help="training seconds")
     p.add_argument("--score-every", type=float, default=30.0, help="training seconds")
     p.add_argument("--n-score", type=int, default=2048)
+    p.add_argument(
+        "--symmetrize",
+        default="none",
+        help="score the symmetrised proposal q_G (gaugeflow.symmetry spec, e.g. P+C; default none)",
+    )
     p.add_argument("--score-seed", type=int, default=10_000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--init-from", help="parent model file (NAME.pt of an earlier run)")
