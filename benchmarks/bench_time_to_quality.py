@@ -46,6 +46,7 @@ import math
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ from gaugeflow.allocator import tune_allocator
 from gaugeflow.analysis import acceptance_rate, ess, nis_verdict
 from gaugeflow.io import save_torch, write_json
 from gaugeflow.physics.action import SchwingerAction
-from gaugeflow.sampling import Proposals, run_chain
+from gaugeflow.sampling import Proposals, flow_logq, run_chain
 from gaugeflow.symmetry import parse_symmetry, symmetric_logq
 from gaugeflow.training import TrainStep, make_config, model_payload, warm_start
 
@@ -117,13 +118,9 @@ def score(
             phi, log_det = flow(z)
             logq = prior.log_prob(z) - log_det
             if not group.trivial:
-                logq = symmetric_logq(reverse_logq, phi, logq, group)
+                logq = symmetric_logq(partial(flow_logq, flow, prior), phi, logq, group)
             logp = target.log_prob(phi.to(torch.float64))
         return Proposals(logq.double().numpy(), logp.double().numpy())
-
-    def reverse_logq(phi: torch.Tensor) -> torch.Tensor:
-        z, log_det = flow.reverse(phi)
-        return prior.log_prob(z) + log_det
 
     chain, offered = run_chain(source, n, np.random.default_rng(seed), batch_size=batch)
     flow.train()

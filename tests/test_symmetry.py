@@ -104,10 +104,9 @@ def _random_flow(L: int, dtype=torch.float64):
 
 def _logq(flow, phi):
     from gaugeflow.flows.prior import UniformPrior
+    from gaugeflow.sampling import flow_logq
 
-    prior = UniformPrior(flow.L, dtype=phi.dtype)
-    z, log_det = flow.reverse(phi)
-    return prior.log_prob(z) + log_det
+    return flow_logq(flow, UniformPrior(flow.L, dtype=phi.dtype), phi)
 
 
 def test_mixture_density_is_invariant_and_reduces_to_the_flow():

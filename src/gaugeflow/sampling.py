@@ -35,6 +35,7 @@ __all__ = [
     "Proposals",
     "ProposalSource",
     "FlowProposer",
+    "flow_logq",
     "MODEL_KEYS",
     "OBSERVABLE_KEYS",
     "load_model",
@@ -79,6 +80,12 @@ class Proposals:
 
 
 ProposalSource = Callable[[int], Proposals]
+
+
+def flow_logq(flow: torch.nn.Module, prior: Any, phi: torch.Tensor) -> torch.Tensor:
+    """log q(phi) of given configurations through the flow's reverse pass, [B]."""
+    z, log_det = flow.reverse(phi)
+    return prior.log_prob(z) + log_det
 
 
 def _to_numpy(x: torch.Tensor) -> np.ndarray:
@@ -129,9 +136,7 @@ class FlowProposer:
         return -self._action(theta)
 
     def _flow_logq(self, phi: torch.Tensor) -> torch.Tensor:
-        """log q of given configurations (the flow's reverse pass)."""
-        z, log_det = self.flow.reverse(phi)
-        return self.prior.log_prob(z) + log_det
+        return flow_logq(self.flow, self.prior, phi)
 
     def __call__(self, n: int) -> Proposals:
         with torch.inference_mode():

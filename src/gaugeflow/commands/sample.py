@@ -50,8 +50,7 @@ def _add_model_args(p: argparse.ArgumentParser, n_default: int | None) -> None:
         help="average the proposal density over symmetries of the target: 'none' (default) or "
         "'+'-joined parts among T (all L^2 translations), T2, T4 (translations by multiples "
         "of 2, 4), P (reflections) and C (charge conjugation), e.g. P+C; costs |G| - 1 extra "
-        "reverse passes "
-        "of the flow per proposal (README, 'Symmetrised proposals')",
+        "reverse passes of the flow per proposal (README, 'Symmetrised proposals')",
     )
     p.add_argument(
         "--progress",
