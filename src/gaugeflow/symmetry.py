@@ -54,7 +54,6 @@ SYMMETRY_TOKENS: dict[str, int | None] = {"T": 1, "T2": 2, "T4": 4, "P": None, "
 
 #: (shift along axis 0, shift along axis 1, reflect axis 0, reflect axis 1, sign)
 Element = tuple[int, int, int, int, int]
-IDENTITY: Element = (0, 0, 0, 0, 1)
 
 
 def _reflect(theta: torch.Tensor, axis: int) -> torch.Tensor:
@@ -151,7 +150,7 @@ def parse_symmetry(spec: str | None, L: int) -> SymmetryGroup:
     if unknown:
         raise UserError(
             f"symmetry {spec!r}: unknown part(s) {', '.join(map(repr, unknown))}; use 'none' or "
-            f"'+'-joined parts among {valid} (e.g. 'T+C')"
+            f"'+'-joined parts among {valid} (e.g. 'P+C')"
         )
     if len(set(tokens)) != len(tokens):
         raise UserError(f"symmetry {spec!r}: a part is named twice")
