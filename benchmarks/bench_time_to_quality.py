@@ -56,6 +56,7 @@ from gaugeflow.allocator import tune_allocator
 from gaugeflow.analysis import acceptance_rate, ess, nis_verdict
 from gaugeflow.io import save_torch, write_json
 from gaugeflow.physics.action import SchwingerAction
+from gaugeflow.runtime import resolve_device
 from gaugeflow.sampling import Proposals, flow_logq, run_chain
 from gaugeflow.symmetry import parse_symmetry, symmetric_logq
 from gaugeflow.training import TrainStep, make_config, model_payload, warm_start
@@ -120,7 +121,7 @@ def score(
             if not group.trivial:
                 logq = symmetric_logq(partial(flow_logq, flow, prior), phi, logq, group)
             logp = target.log_prob(phi.to(torch.float64))
-        return Proposals(logq.double().numpy(), logp.double().numpy())
+        return Proposals(logq.double().cpu().numpy(), logp.double().cpu().numpy())
 
     chain, offered = run_chain(source, n, np.random.default_rng(seed), batch_size=batch)
     flow.train()
@@ -135,8 +136,15 @@ def score(
     }
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a wall-clock difference covers the step."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = make_config(
@@ -148,7 +156,7 @@ def run(args: argparse.Namespace) -> None:
             "batch_size": args.batch_size,
             "lr": args.lr,
             "seed": args.seed,
-            "device": "cpu",
+            "device": str(device),
             "assembly": args.assembly,
             "flow": {
                 "n_layers": args.n_layers,
@@ -158,7 +166,7 @@ def run(args: argparse.Namespace) -> None:
         }
     )
     torch.manual_seed(config["seed"])
-    step_fn = TrainStep(config, torch.device("cpu"))
+    step_fn = TrainStep(config, device)
     flow, prior = step_fn.flow, step_fn.prior
     parent = None
     if args.init_from:
@@ -223,11 +231,13 @@ def run(args: argparse.Namespace) -> None:
         for group in step_fn.optimizer.param_groups:
             group["lr"] = lr
         step_fn.scheduler.base_lrs = [lr]
+        _synchronize(device)
         t0 = time.perf_counter()
         result = step_fn.run(step + 1)
         if result.divergence is not None:
             print(f"[{args.name}] {result.divergence.message}; stopping", flush=True)
             break
+        _synchronize(device)
         dt = time.perf_counter() - t0
         step_seconds.append(dt)
         t_train += dt
@@ -243,6 +253,8 @@ def run(args: argparse.Namespace) -> None:
         "steps": step,
         "median_step_seconds": float(np.median(step_seconds)) if step_seconds else None,
         "threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "load1_start": load_start,
         "load1_end": _load1(),
         "parent": parent,
@@ -384,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--score-seed", type=int, default=10_000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto (default cpu)")
     p.add_argument("--init-from", help="parent model file (NAME.pt of an earlier run)")
     p.add_argument("--save-model", action="store_true")
     p.set_defaults(func=run)
