@@ -119,6 +119,8 @@ def world_of_one(setting: dict[str, Any], device: str) -> dict[str, Any]:
     from gaugeflow.training.distributed import DataParallelStep
 
     dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:  # init_process_group's device_id needs one
+        dev = torch.device("cuda", torch.cuda.current_device())
     backend = "nccl" if dev.type == "cuda" else "gloo"
     config = make_config(
         {"L": setting["L"], "estimator": "reinforce", "batch_size": setting["batch_size"],

@@ -25,7 +25,13 @@
 #   5. `gaugeflow measure memory` for the four runs of step 2: M1 (saved tensors) and M2
 #      (torch.cuda.max_memory_allocated, absolute, as in the paper's Table 5);
 #   6. the data-parallel step (issue 15) in a 1-rank group, nccl on CUDA, against the plain step;
-#   7. the timing of step 2 with the `loop` assembly for r.t. (the paper's Table 1 row).
+#   7. the timing of step 2 with the `loop` assembly for r.t. (the paper's Table 1 row);
+#   8. (only when asked for, see ONLY) the timing of step 2 at the paper's Table 2 batch
+#      (PAPER_BATCH, 768) for r.t. and REINFORCE: the paper's A100 took 3.85 and 1.57 s.
+#
+# ONLY="tests timing e2e ttq memory ddp loop paper" (default: all but paper) picks steps by
+# name. A machine without pyerrors/arviz-stats can take them as wheels: WHEELS=DIR installs
+# DIR/*.whl into a scratch folder first (the device tool's README says how to fetch them).
 #
 # The device machine has torch (CUDA build) but not this package installed: it runs from
 # the working tree with PYTHONPATH=src. Knobs: DEVICE (cuda), L (16), BATCH (64), STEPS (20),
@@ -43,9 +49,11 @@ BATCH=${BATCH:-64}
 STEPS=${STEPS:-20}
 BUDGET=${BUDGET:-470}
 TTQ_BUDGET=${TTQ_BUDGET:-90}
+ONLY=" ${ONLY:-tests timing e2e ttq memory ddp loop} "
+PAPER_BATCH=${PAPER_BATCH:-768}
 ARCH=(--n-layers 48 --hidden 64)
 TESTS=(tests/test_linalg.py tests/test_symmetry.py tests/test_estimators.py tests/test_measure.py
-       tests/test_flow.py)
+       tests/test_flow.py tests/test_holonomy.py tests/test_training.py)
 E2E=(--L 8 --estimator reinforce --n-layers 16 --hidden 16 --holonomy --batch-size 256 --steps 40)
 E2E_N=4096
 TTQ=(--L 8 --batch-size 1024 --n-layers 16 --hidden 16 --holonomy --n-score 8192)
@@ -53,6 +61,12 @@ if [ "${SMOKE:-0}" = 1 ]; then
   L=4 BATCH=4 STEPS=1 ARCH=(--n-layers 2 --hidden 4) TESTS=(tests/test_linalg.py)
   E2E=(--L 4 --estimator reinforce --n-layers 8 --hidden 4 --batch-size 8 --steps 4) E2E_N=64
   TTQ=(--L 4 --batch-size 16 --n-layers 8 --hidden 4 --n-score 256) TTQ_BUDGET=4
+  PAPER_BATCH=8
+fi
+if [ -n "${WHEELS:-}" ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/device_check_site "$WHEELS"/*.whl || exit 1
+  export PYTHONPATH="$PYTHONPATH:/tmp/device_check_site"
 fi
 LOG="$OUT/device_check.log"
 WORK="$OUT/records"  # everything here travels back as one archive
@@ -61,6 +75,7 @@ START=$SECONDS
 say() { echo "== $(date -u +%H:%M:%S) +$((SECONDS - START))s $*" | tee -a "$LOG"; }
 # room NEED CAP: true (and the step's timeout, at most CAP, in $T) if NEED seconds are left
 T=0
+want() { [[ "$ONLY" == *" $1 "* ]]; }
 room() {
   local rest=$((BUDGET - (SECONDS - START)))
   if [ "$rest" -lt "$1" ]; then
@@ -79,9 +94,8 @@ if torch.cuda.is_available():
 PYEOF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$LOG" 2>&1 || true
 
-say "1. tests (${TESTS[*]})"
-if room 60 150; then
-  timeout "$T" $PY -m pytest -q -x -p no:cacheprovider -rs "${TESTS[@]}" >>"$LOG" 2>&1
+if want tests && say "1. tests (${TESTS[*]})" && room 60 200; then
+  timeout "$T" $PY -m pytest -q -p no:cacheprovider -rs "${TESTS[@]}" >>"$LOG" 2>&1
   say "   pytest exit $?"
 fi
 
@@ -98,36 +112,38 @@ measure() {  # kind estimator assembly amp(0|1)
   say "   $tag: exit $?"
 }
 
-say "2. timing"
-for est in rt reinforce; do for amp in 0 1; do measure timing "$est" scatter "$amp"; done; done
+if want timing; then
+  say "2. timing"
+  for est in rt reinforce; do for amp in 0 1; do measure timing "$est" scatter "$amp"; done; done
+fi
 
-say "3. end to end on $DEVICE: train, then sample and nis with P+C, acceptance on the CPU"
+want e2e && say "3. end to end on $DEVICE: train, then sample and nis with P+C, acceptance on the CPU"
 E="$WORK/e2e"
 mkdir -p "$E"
-if room 60 100; then
+if want e2e && room 60 100; then
   timeout "$T" $PY -m gaugeflow train "${E2E[@]}" --device "$DEVICE" --out "$E/train" \
     --checkpoint-every 20 --no-progress >>"$LOG" 2>&1
   say "   train: exit $?"
 fi
-if room 30 60; then
+if want e2e && room 30 60; then
   timeout "$T" $PY -m gaugeflow sample --model "$E/train/model.pt" --n "$E2E_N" --seed 3 \
     --device "$DEVICE" --symmetrize P+C --out "$E/chain.npz" --no-progress >>"$LOG" 2>&1
   say "   sample --symmetrize P+C: exit $?"
 fi
-if room 30 60; then
+if want e2e && room 30 60; then
   timeout "$T" $PY -m gaugeflow nis --model "$E/train/model.pt" --n "$E2E_N" --seed 4 \
     --device "$DEVICE" --symmetrize P+C --out "$E/nis.json" --no-progress >>"$LOG" 2>&1
   say "   nis --symmetrize P+C: exit $?"
 fi
-if room 30 60; then
+if want e2e && room 30 60; then
   timeout "$T" $PY -m gaugeflow acceptance --model "$E/train/model.pt" --n 512 --seed 5 \
     --device cpu --out "$E/acceptance-cpu.json" --no-progress >>"$LOG" 2>&1
   say "   acceptance on the CPU: exit $?"
 fi
 rm -rf "$E/train/checkpoints" "$E/train/snapshots" "$E/chain.npz"
 
-say "4. time to quality on $DEVICE (L = 8 RE from scratch, $TTQ_BUDGET s, cosine, P+C scores)"
-if room $((TTQ_BUDGET + 40)) $((TTQ_BUDGET + 90)); then
+want ttq && say "4. time to quality on $DEVICE (L = 8 RE, $TTQ_BUDGET s, cosine, P+C scores)"
+if want ttq && room $((TTQ_BUDGET + 40)) $((TTQ_BUDGET + 90)); then
   timeout "$T" $PY benchmarks/bench_time_to_quality.py run --name ttq-cuda --out "$WORK" \
     "${TTQ[@]}" --estimator reinforce --lr 2e-3 --schedule cosine --budget "$TTQ_BUDGET" \
     --score-every $((TTQ_BUDGET / 2)) --symmetrize P+C --device "$DEVICE" >>"$LOG" 2>&1
@@ -135,20 +151,28 @@ if room $((TTQ_BUDGET + 40)) $((TTQ_BUDGET + 90)); then
   cp "$WORK/ttq-cuda.csv" "$OUT/" 2>/dev/null
 fi
 
-say "5. memory"
-for est in rt reinforce; do for amp in 0 1; do measure memory "$est" scatter "$amp"; done; done
+if want memory; then
+  say "5. memory"
+  for est in rt reinforce; do for amp in 0 1; do measure memory "$est" scatter "$amp"; done; done
+fi
 
-say "6. data-parallel step in a 1-rank group (nccl on CUDA) against the plain step (issue 15)"
+want ddp && say "6. data-parallel step in a 1-rank group (nccl on CUDA) against the plain step"
 DDP_ARGS=(--L "$L" --batch-size "$BATCH")
 [ "${SMOKE:-0}" = 1 ] && DDP_ARGS+=(--layers 8 --hidden 4 --steps 1 --warmup 0)
-if room 30 100; then
+if want ddp && room 30 100; then
   timeout "$T" $PY benchmarks/bench_ddp.py --world-of-one "$DEVICE" "${DDP_ARGS[@]}" \
     --out "$WORK/ddp-world-of-one.json" >>"$LOG" 2>&1
   say "   bench_ddp --world-of-one: exit $?"
 fi
 
-say "7. r.t. with the loop assembly"
-measure timing rt loop 0
+if want loop; then
+  say "7. r.t. with the loop assembly"
+  measure timing rt loop 0
+fi
+if want paper; then
+  say "8. timing at the paper's Table 2 batch, $PAPER_BATCH"
+  for est in reinforce rt; do BATCH=$PAPER_BATCH STEPS=5 measure timing "$est" scatter 0; done
+fi
 
 say "summary"
 $PY - "$WORK" "$OUT" >>"$LOG" 2>&1 <<'PYEOF'

@@ -305,9 +305,10 @@ def test_default_config_is_the_paper_architecture():
         "loops": True,
         "holonomy": False,
         "dtype": "float32",
-        "device": "auto",
+        "device": "cpu",
     }
-    flow = build_flow({**config, "device": "cpu"})
+    flow = build_flow(config)
+    assert flow.device == torch.device("cpu")
     per_layer = (6 * 64 * 9 + 64) + (64 * 64 * 9 + 64) + (64 * 24 * 9 + 24)
     assert flow.n_parameters() == 48 * per_layer == 2_606_208
     assert flow.dtype == torch.float32

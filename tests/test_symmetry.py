@@ -98,7 +98,7 @@ def _random_flow(L: int, dtype=torch.float64):
 
     torch.manual_seed(3)
     flow = build_flow({"L": L, "n_layers": 8, "hidden_channels": 8, "dilations": [1, 2],
-                       "holonomy": True, "dtype": "float64"})  # fmt: skip
+                       "holonomy": True, "dtype": "float64", "device": "cpu"})  # fmt: skip
     return flow.eval().to(dtype)
 
 

@@ -38,7 +38,9 @@ _PAPER: dict[str, Any] = {
     "loops": True,
     "holonomy": False,
     "dtype": "float32",
-    "device": "auto",
+    # as torch modules and UniformPrior: built on the CPU unless a device is named ("auto"
+    # takes CUDA where present); with "auto" here, a flow built on a GPU machine met CPU inputs
+    "device": "cpu",
 }
 CONFIG_KEYS: tuple[str, ...] = tuple(_PAPER)
 

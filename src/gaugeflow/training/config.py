@@ -175,6 +175,7 @@ def build_components(config: dict[str, Any], device: torch.device):
     flow_config = default_config(config["L"])
     flow_config.update(config["flow"])
     flow_config["dtype"] = config["dtype"]
+    flow_config["device"] = str(device)
     flow = build_flow(flow_config).to(device=device, dtype=dtype)
     prior = UniformPrior(config["L"], dtype=dtype, device=device)
     action = SchwingerAction(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -191,7 +192,15 @@ class TrainStep:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.scheduler.step()
+        if self.scaler is not None:
+            # the scaler skips the optimizer's step when the scaled gradients overflow (early
+            # on, while it finds its scale); the schedule counts gradient steps regardless,
+            # so torch's warning about the order of the two calls does not apply here
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler")
+                self.scheduler.step()
+        else:
+            self.scheduler.step()
         if not _all_finite(params):
             return Divergence(
                 DivergenceKind.NON_FINITE_WEIGHTS, step, f"non-finite weights after step {step}"
