@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> None:
                 "n_layers": args.n_layers,
                 "hidden_channels": args.hidden,
                 "holonomy": args.holonomy,
+                "charge_symmetric": args.charge_symmetric,
             },
         }
     )
@@ -384,6 +385,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hidden", type=int, default=16)
     p.add_argument(
         "--holonomy", action="store_true", help="flow.holonomy: two holonomy layers at the end"
+    )
+    p.add_argument(
+        "--charge-symmetric",
+        action="store_true",
+        help="flow.charge_symmetric: every layer equivariant under theta -> -theta",
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--budget", type=float, default=240.0, help="training seconds")

@@ -26,6 +26,8 @@ def make_flow(
     sharpen: float = 1.0,
     loops: bool = True,
     seed: int = 0,
+    charge_symmetric: bool = False,
+    holonomy: bool = False,
 ) -> Flow:
     """A small flow; `sharpen` scales the last conv so the splines are far from the identity."""
     torch.manual_seed(seed)
@@ -37,12 +39,18 @@ def make_flow(
             "loops": loops,
             "dtype": dtype,
             "device": "cpu",
+            "charge_symmetric": charge_symmetric,
+            "holonomy": holonomy,
         }
     )
     with torch.no_grad():
         for layer in flow.layers:
             layer.net[-1].weight.mul_(sharpen)
             layer.net[-1].bias.mul_(sharpen)
+        for layer in flow.holonomy_layers:  # zero-initialised heads: make them act
+            gen = torch.Generator().manual_seed(seed + 1)
+            layer.head.weight.copy_(0.3 * torch.randn(layer.head.weight.shape, generator=gen))
+            layer.head.bias.copy_(0.3 * torch.randn(layer.head.bias.shape, generator=gen))
     return flow
 
 
@@ -103,16 +111,16 @@ def test_reverse_inverts_forward_when_plaquettes_sit_on_the_cut():
     torch.testing.assert_close(z_back, z, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("n_layers", [1, 8])
+@pytest.mark.parametrize("n_layers, charge_symmetric", [(1, False), (8, False), (8, True)])
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
-def test_logdet_matches_autograd_jacobian(n_layers, direction):
+def test_logdet_matches_autograd_jacobian(n_layers, charge_symmetric, direction):
     """log_det is log|det| of the full 2V x 2V Jacobian of the link map.
 
     Links are real numbers (not wrapped), so the map is a smooth map of R^(2V) and its
     Jacobian is the derivative of the unwrapped output angles w.r.t. the input angles.
     """
     L = 4
-    flow = make_flow(L=L, n_layers=n_layers, sharpen=5.0)
+    flow = make_flow(L=L, n_layers=n_layers, sharpen=5.0, charge_symmetric=charge_symmetric)
     z = sample(L, 1)
     apply = flow if direction == "forward" else flow.reverse
 
@@ -129,6 +137,27 @@ def test_logdet_matches_autograd_jacobian(n_layers, direction):
 
 
 # --- symmetry and structure -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("holonomy", [False, True])
+def test_charge_symmetric_flow_is_equivariant_under_charge_conjugation(holonomy):
+    """flow(-z) = -flow(z) (links are not wrapped: equal up to multiples of 2pi) with equal
+    log det, so log q(-phi) = log q(phi); the same flow without the option is not."""
+    L = 4
+    z = sample(L, 8)
+    for symmetric in (False, True):
+        flow = make_flow(L=L, sharpen=3.0, charge_symmetric=symmetric, holonomy=holonomy)
+        with torch.no_grad():
+            phi, log_det = flow(z)
+            phi_c, log_det_c = flow(-z)
+            z_back, _ = flow.reverse(phi_c)
+        gap = torch.remainder(phi_c + phi + math.pi, 2 * math.pi) - math.pi
+        if symmetric:
+            torch.testing.assert_close(gap, torch.zeros_like(gap), rtol=0, atol=1e-10)
+            torch.testing.assert_close(log_det_c, log_det, rtol=0, atol=1e-10)
+            torch.testing.assert_close(z_back, -z, rtol=0, atol=1e-10)
+        else:
+            assert (log_det_c - log_det).abs().max() > 0.1
 
 
 def test_flow_is_gauge_equivariant():
@@ -304,6 +333,7 @@ def test_default_config_is_the_paper_architecture():
         "dilations": [1, 2, 3],
         "loops": True,
         "holonomy": False,
+        "charge_symmetric": False,
         "dtype": "float32",
         "device": "cpu",
     }

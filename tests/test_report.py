@@ -673,6 +673,22 @@ def test_holonomy_clause_follows_the_architecture():
     assert with_layers == macros.HOLONOMY_CLAUSE and "holonomy layers" in with_layers
 
 
+def test_charge_clause_follows_the_architecture_and_compiles(tmp_path, pdflatex):
+    assert macros.build_macros({"scale": "s"})["gfChargeClause"] == ""
+    defined = macros.build_macros({"scale": "s", "charge_symmetric": True})
+    assert defined["gfChargeClause"] == macros.CHARGE_CLAUSE
+    assert "charge conjugation" in defined["gfChargeClause"]
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed")
+    (tmp_path / "macros.tex").write_text(latex.macro_file(defined))
+    doc = (
+        "\\documentclass{article}\\input{macros}\\begin{document}"
+        "A flow\\gfChargeClause.\\end{document}\n"
+    )
+    pdflatex(tmp_path, doc)
+    assert is_pdf(tmp_path / "doc.pdf")
+
+
 def test_a_long_scale_label_is_wrapped_in_figure_titles_not_cut():
     label = "CPU demo scale (2 cores): " + " ".join(f"word{i}" for i in range(40))
     chain = chain_with_rejections(200, [(50, 120)])

@@ -9,7 +9,9 @@ import torch
 
 from gaugeflow.flows.splines import (
     TWO_PI,
+    charge_symmetric_params,
     n_spline_params,
+    reflect_spline_params,
     spline_forward,
     spline_inverse,
     spline_knots,
@@ -146,3 +148,35 @@ def test_spline_rejects_mismatched_parameters():
         spline_forward(torch.zeros(4), torch.zeros(4, 5))
     with pytest.raises(ValueError, match="do not match"):
         spline_forward(torch.zeros(4), torch.zeros(3, 24))
+
+
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+def test_reflected_parameters_give_the_reflected_spline(direction):
+    """R p is the spline x -> 2pi - f(2pi - x): values and log slopes, both directions."""
+    params = random_params(500, torch.float64, scale=2.5, seed=7)
+    x = TWO_PI * torch.rand(500, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    apply = spline_forward if direction == "forward" else spline_inverse
+    y, log_slope = apply(x, params)
+    y_r, log_slope_r = apply(TWO_PI - x, reflect_spline_params(params))
+    assert (y - x).abs().max() > 0.5  # far from the identity, so the test can fail
+    torch.testing.assert_close(y_r, TWO_PI - y, rtol=0, atol=1e-8)
+    torch.testing.assert_close(log_slope_r, log_slope, rtol=0, atol=1e-8)
+    # an involution; and not the identity on these parameters
+    torch.testing.assert_close(reflect_spline_params(reflect_spline_params(params)), params)
+    assert (reflect_spline_params(params) - params).abs().max() > 1.0
+
+
+def test_charge_symmetric_params_turn_under_sign_flipped_features():
+    """params(C f) = R params(f) for any net, with the sine channels last."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 24))
+    net = net.double()
+    angles = TWO_PI * torch.rand(32, 3, dtype=torch.float64)
+    features = torch.cat([angles.cos(), angles.sin()], dim=1)
+    conjugated = torch.cat([angles.cos(), -angles.sin()], dim=1)
+    with torch.no_grad():
+        p = charge_symmetric_params(net, features, n_odd=3)
+        p_c = charge_symmetric_params(net, conjugated, n_odd=3)
+        torch.testing.assert_close(p_c, reflect_spline_params(p), rtol=0, atol=1e-12)
+        # the plain net has no such property (else the test would prove nothing)
+        assert (net(conjugated) - reflect_spline_params(net(features))).abs().max() > 0.1

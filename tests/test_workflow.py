@@ -248,6 +248,26 @@ def test_each_run_trains_its_steps_amp_steps_then_steps_by_estimator(tmp_path):
     }  # fmt: skip
 
 
+def test_charge_symmetric_architecture_reaches_every_training_job(tmp_path):
+    def edit(cfg):
+        cfg["architecture"]["charge_symmetric"] = True
+        cfg["training"]["large"]["pretrain"] = [{"L": 4, "steps": 3}]
+
+    result = snakemake(
+        "-n", "-p", "--cores", "1", "--configfile", str(bad_config(tmp_path, edit)),
+        workdir=tmp_path / "work",
+    )  # fmt: skip
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-3000:]
+    commands = [c for c in planned_commands(text).values() if "gaugeflow train" in c]
+    assert len(commands) > 2 and any("--snapshot-every 0" in c for c in commands)  # a stage
+    assert all("--charge-symmetric" in c for c in commands), commands
+    # off by default
+    plain = snakemake("-n", "-p", "--cores", "1", workdir=tmp_path / "plain")
+    assert plain.returncode == 0
+    assert "--charge-symmetric" not in plain.stdout + plain.stderr
+
+
 def test_config_yaml_is_the_default_and_never_leaks_into_another_config(tmp_path):
     """Plain `snakemake` reads config.yaml (through the workflow profile); --configfile
     replaces it: none of its keys (the L = 8 warm start, RE's 2400 steps, amp_steps, the

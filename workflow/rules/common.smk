@@ -301,6 +301,7 @@ def train_flags(wildcards):
         f"--n-layers {config['architecture']['n_layers']}",
         f"--hidden {config['architecture']['hidden']}",
         "--holonomy" if config["architecture"].get("holonomy") else "",
+        "--charge-symmetric" if config["architecture"].get("charge_symmetric") else "",
         f"--device {config['device']}",
         "--no-progress",
     ]
@@ -528,6 +529,7 @@ def macro_settings():
         "n_layers": config["architecture"]["n_layers"],
         "hidden": config["architecture"]["hidden"],
         "holonomy": bool(config["architecture"].get("holonomy")),
+        "charge_symmetric": bool(config["architecture"].get("charge_symmetric")),
         "ess_window": t["ess_window"],
         "snapshot_every": t["snapshot_every"],
         "acceptance_samples": t["acceptance_samples"],

@@ -163,6 +163,7 @@ def stage_flags(wildcards):
         f"--n-layers {config['architecture']['n_layers']}",
         f"--hidden {config['architecture']['hidden']}",
         "--holonomy" if config["architecture"].get("holonomy") else "",
+        "--charge-symmetric" if config["architecture"].get("charge_symmetric") else "",
         f"--device {config['device']}",
         "--no-progress",
     ]

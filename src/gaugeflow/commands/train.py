@@ -45,7 +45,12 @@ _FLAG_KEYS = {
     "init_from": "init_from",
     "time_limit": "time_limit",
 }
-_FLOW_FLAGS = {"n_layers": "n_layers", "hidden": "hidden_channels", "holonomy": "holonomy"}
+_FLOW_FLAGS = {
+    "n_layers": "n_layers",
+    "hidden": "hidden_channels",
+    "holonomy": "holonomy",
+    "charge_symmetric": "charge_symmetric",
+}
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -229,6 +234,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="append two holonomy layers that shape the Polyakov-loop angles (flow key "
         "holonomy; not in the paper, off by default)",
+    )
+    p.add_argument(
+        "--charge-symmetric",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="make every layer equivariant under charge conjugation theta -> -theta (flow key "
+        "charge_symmetric; not in the paper, off by default; the conditioners run on twice "
+        "the batch)",
     )
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--dtype", choices=list(choices.DTYPES))

@@ -26,7 +26,13 @@ from torch import nn
 from ..physics.u1 import plaquette, shift
 from .masks import coupling_masks, link_sign
 from .nets import ConditionerCNN, Sites
-from .splines import TWO_PI, n_spline_params, spline_forward, spline_inverse
+from .splines import (
+    TWO_PI,
+    charge_symmetric_params,
+    n_spline_params,
+    spline_forward,
+    spline_inverse,
+)
 
 __all__ = ["GaugeEquivariantCoupling", "rect_loops_from_links"]
 
@@ -67,10 +73,12 @@ class GaugeEquivariantCoupling(nn.Module):
         kernel_size: int = 3,
         dilations: tuple[int, ...] = (1, 2, 3),
         loops: bool = True,
+        charge_symmetric: bool = False,
     ) -> None:
         super().__init__()
         masks = coupling_masks(L, mu, k)
         self.L, self.mu, self.k, self.loops = L, mu, k, loops
+        self.charge_symmetric = charge_symmetric
         self.sign = link_sign(mu)
         frozen = [masks.frozen]
         if loops:
@@ -92,7 +100,8 @@ class GaugeEquivariantCoupling(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"mu={self.mu}, k={self.k}, loops={self.loops}"
+        extra = ", charge_symmetric=True" if self.charge_symmetric else ""
+        return f"mu={self.mu}, k={self.k}, loops={self.loops}{extra}"
 
     def conditioner_features(self, theta: torch.Tensor, plaq: torch.Tensor) -> torch.Tensor:
         """(cos, sin) of frozen plaquettes [and loops], zero elsewhere: [B, 2 or 6, L, L]."""
@@ -106,7 +115,12 @@ class GaugeEquivariantCoupling(nn.Module):
     def _spline_params(self, theta: torch.Tensor, plaq: torch.Tensor) -> torch.Tensor:
         """Spline parameters at the active sites, [B, n_active, 3K], in theta's dtype."""
         sites = Sites(self.L, self._cosets, self.active_sites, self._site_order)
-        out = self.net(self.conditioner_features(theta, plaq), sites)
+        features = self.conditioner_features(theta, plaq)
+        if self.charge_symmetric:  # the sines are the second half of the channels
+            n_odd = features.shape[1] // 2
+            out = charge_symmetric_params(lambda f: self.net(f, sites), features, n_odd)
+        else:
+            out = self.net(features, sites)
         # under autocast the net may answer in bf16/fp16; the spline runs in theta's dtype
         return out.to(theta.dtype)
 

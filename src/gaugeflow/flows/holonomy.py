@@ -45,7 +45,13 @@ import torch
 from torch import nn
 
 from ..physics.u1 import plaquette
-from .splines import TWO_PI, n_spline_params, spline_forward, spline_inverse
+from .splines import (
+    TWO_PI,
+    charge_symmetric_params,
+    n_spline_params,
+    spline_forward,
+    spline_inverse,
+)
 
 __all__ = ["HolonomyCoupling", "polyakov_loops"]
 
@@ -65,11 +71,19 @@ def _along(lines: torch.Tensor, mu: int) -> torch.Tensor:
 class HolonomyCoupling(nn.Module):
     """Spline of the line-0 holonomy of direction mu; see the module docstring."""
 
-    def __init__(self, L: int, mu: int, n_bins: int = 8, hidden_channels: int = 64) -> None:
+    def __init__(
+        self,
+        L: int,
+        mu: int,
+        n_bins: int = 8,
+        hidden_channels: int = 64,
+        charge_symmetric: bool = False,
+    ) -> None:
         super().__init__()
         if mu not in (0, 1):
             raise ValueError(f"mu must be 0 or 1; got {mu!r}")
         self.L, self.mu = L, mu
+        self.charge_symmetric = charge_symmetric
         self.net = nn.Sequential(
             nn.Conv2d(6, hidden_channels, 3, padding=1, padding_mode="circular"),
             nn.LeakyReLU(),
@@ -81,7 +95,7 @@ class HolonomyCoupling(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def extra_repr(self) -> str:
-        return f"mu={self.mu}"
+        return f"mu={self.mu}" + (", charge_symmetric=True" if self.charge_symmetric else "")
 
     def conditioner_features(self, theta: torch.Tensor, loops: torch.Tensor) -> torch.Tensor:
         """cos, sin of P(x), W_mu(x_nu) - W_mu(0) and W_nu(x_mu): [B, 6, L, L]."""
@@ -92,8 +106,14 @@ class HolonomyCoupling(nn.Module):
 
     def _spline_params(self, theta: torch.Tensor, loops: torch.Tensor) -> torch.Tensor:
         """Spline parameters [B, 3 n_bins] in theta's dtype (the net may run under autocast)."""
-        features = self.net(self.conditioner_features(theta, loops))
-        return self.head(features.mean(dim=(2, 3))).to(theta.dtype)
+        features = self.conditioner_features(theta, loops)
+
+        def net(f: torch.Tensor) -> torch.Tensor:
+            return self.head(self.net(f).mean(dim=(2, 3)))
+
+        if self.charge_symmetric:  # cos of the 3 angles, then their sines
+            return charge_symmetric_params(net, features, 3).to(theta.dtype)
+        return net(features).to(theta.dtype)
 
     def _shift_links(self, theta: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """theta with delta / L added to every mu-link (out of place)."""

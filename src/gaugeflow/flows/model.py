@@ -37,6 +37,9 @@ _PAPER: dict[str, Any] = {
     "dilations": [1, 2, 3],
     "loops": True,
     "holonomy": False,
+    # not in the paper: every layer equivariant under charge conjugation theta -> -theta
+    # (gaugeflow.flows.splines.charge_symmetric_params; the conditioners run on twice the batch)
+    "charge_symmetric": False,
     "dtype": "float32",
     # as torch modules and UniformPrior: built on the CPU unless a device is named ("auto"
     # takes CUDA where present); with "auto" here, a flow built on a GPU machine met CPU inputs
@@ -89,7 +92,7 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
             f"circular padding of {reach} sites (kernel_size {out['kernel_size']}, dilation "
             f"{max(out['dilations'])}) exceeds the lattice size L={out['L']}"
         )
-    for key in ("loops", "holonomy"):
+    for key in ("loops", "holonomy", "charge_symmetric"):
         if not isinstance(merged[key], bool):
             raise UserError(f"flow config key {key!r} must be true or false; got {merged[key]!r}")
         out[key] = merged[key]
@@ -119,12 +122,15 @@ class Flow(nn.Module):
                 kernel_size=cfg["kernel_size"],
                 dilations=tuple(cfg["dilations"]),
                 loops=cfg["loops"],
+                charge_symmetric=cfg["charge_symmetric"],
             )
             for mu, k in layer_schedule(cfg["n_layers"])
         )
         # empty unless holonomy: a flow without them has the state_dict it always had
         self.holonomy_layers = nn.ModuleList(
-            HolonomyCoupling(cfg["L"], mu, cfg["n_bins"], cfg["hidden_channels"])
+            HolonomyCoupling(
+                cfg["L"], mu, cfg["n_bins"], cfg["hidden_channels"], cfg["charge_symmetric"]
+            )
             for mu in ((0, 1) if cfg["holonomy"] else ())
         )
         self.to(dtype=resolve_dtype(cfg["dtype"]), device=resolve_device(cfg["device"]))

@@ -14,6 +14,7 @@ A zero parameter vector is the identity map (equal bins, all slopes 1).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,8 @@ __all__ = [
     "spline_knots",
     "spline_forward",
     "spline_inverse",
+    "reflect_spline_params",
+    "charge_symmetric_params",
 ]
 
 TWO_PI = 2 * math.pi
@@ -154,3 +157,34 @@ def spline_inverse(y: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor,
     xi_b_negative = (root - b) / torch.where(b_positive, 1.0, 2 * a)
     xi = torch.where(b_positive, xi_b_positive, xi_b_negative).clamp(0, 1)
     return x0 + xi * width, -_log_slope(xi, s, d0, d1)
+
+
+def reflect_spline_params(params: torch.Tensor) -> torch.Tensor:
+    """Parameters of the reflected spline x -> 2pi - f(2pi - x).
+
+    Reflection reverses the bins: widths and heights in reverse order, and the knot slopes
+    d_0, d_1, ..., d_{K-1} become d_0, d_{K-1}, ..., d_1 (knot j moves to K - j; the slope at
+    0 = 2pi stays). Within a bin the rational-quadratic interpolant is symmetric under this,
+    so the reflected parameters give that map exactly, up to rounding (tested).
+    """
+    n_bins = params.shape[-1] // 3
+    widths, heights, slopes = params.split(n_bins, dim=-1)
+    slopes = torch.cat([slopes[..., :1], slopes[..., 1:].flip(-1)], dim=-1)
+    return torch.cat([widths.flip(-1), heights.flip(-1), slopes], dim=-1)
+
+
+def charge_symmetric_params(
+    net: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor, n_odd: int
+) -> torch.Tensor:
+    """Spline parameters that make a layer equivariant under theta -> -theta.
+
+    ``features`` [B, C, ...] hold n_odd channels that change sign under charge conjugation
+    (sines) as their last n_odd channels, the others (cosines) do not. With o = net(.),
+    params(f) = (o(f) + R o(C f)) / 2 (R: `reflect_spline_params`) satisfies
+    params(C f) = R params(f): the transformed angle p -> f(p) then maps -p to -f(p) mod 2pi.
+    The net runs once, on the batch of f and C f together.
+    """
+    flipped = torch.cat([features[:, :-n_odd], -features[:, -n_odd:]], dim=1)
+    both = net(torch.cat([features, flipped], dim=0))
+    plain, mirrored = both.chunk(2, dim=0)
+    return 0.5 * (plain + reflect_spline_params(mirrored))

@@ -52,6 +52,7 @@ SETTINGS = {
     "bridge_min": "gfBridgeMin",
     "measure_steps": "gfMeasureSteps",
     "holonomy": "gfHolonomyClause",
+    "charge_symmetric": "gfChargeClause",
 }
 #: per training group ('main', 'large'): L, steps, batch_size, n_batches, chain_length, and
 #: the runs that train another number of steps (steps_by_estimator: {estimator: steps};
@@ -82,6 +83,11 @@ HOLONOMY_CLAUSE = (
     ", followed by two holonomy layers (not in the paper) that shape the two Polyakov-loop "
     "angles, which couplings conditioned on plaquettes leave uniform"
 )
+#: after the architecture's description when every layer is C-equivariant
+CHARGE_CLAUSE = (
+    "; every layer is equivariant under charge conjugation $\\theta\\to-\\theta$ (not in the "
+    "paper), so the flow's density is exactly invariant under it"
+)
 
 
 def check_settings(settings: Mapping) -> None:
@@ -102,6 +108,8 @@ def _settings_macros(settings: Mapping) -> dict[str, str]:
             out[name] = escape(settings.get(key, ""))
         elif key == "holonomy":
             out[name] = HOLONOMY_CLAUSE if settings.get(key) else ""
+        elif key == "charge_symmetric":
+            out[name] = CHARGE_CLAUSE if settings.get(key) else ""
         else:
             out[name] = str(settings.get(key, NA))
     groups = settings.get("groups") or {}
