@@ -258,3 +258,24 @@ def test_symmetrised_proposals_on_cuda_match_the_cpu():
     for key in cpu.observables:
         np.testing.assert_allclose(gpu.observables[key], cpu.observables[key], rtol=0, atol=1e-8)
     assert np.isfinite(cpu.logq).all() and np.ptp(cpu.logq) > 0.1  # not a degenerate flow
+
+
+def test_a_charge_symmetric_flow_needs_no_c_in_the_group():
+    """q(-phi) = q(phi) for a charge_symmetric flow, so q_{P+C} = q_P (and q_C = q)."""
+    from gaugeflow.flows.model import build_flow
+
+    torch.manual_seed(4)
+    flow = build_flow({"L": 4, "n_layers": 8, "hidden_channels": 8, "dilations": [1, 2],
+                       "holonomy": True, "dtype": "float64", "device": "cpu",
+                       "charge_symmetric": True}).eval()  # fmt: skip
+    with torch.no_grad():
+        for layer in flow.layers:  # far from the identity
+            layer.net[-1].weight.mul_(3.0)
+        phi = 2 * math.pi * torch.rand(6, 2, 4, 4, dtype=torch.float64,
+                                       generator=torch.Generator().manual_seed(9))  # fmt: skip
+        plain = _logq(flow, phi)
+        with_c = symmetric_logq(lambda x: _logq(flow, x), phi, plain, parse_symmetry("P+C", 4))
+        without = symmetric_logq(lambda x: _logq(flow, x), phi, plain, parse_symmetry("P", 4))
+        torch.testing.assert_close(with_c, without, rtol=0, atol=1e-9)
+        torch.testing.assert_close(_logq(flow, -phi), plain, rtol=0, atol=1e-9)
+        assert (without - plain).abs().max() > 0.05  # P itself still acts
