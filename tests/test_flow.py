@@ -47,8 +47,8 @@ def make_flow(
         for layer in flow.layers:
             layer.net[-1].weight.mul_(sharpen)
             layer.net[-1].bias.mul_(sharpen)
+        gen = torch.Generator().manual_seed(seed + 1)
         for layer in flow.holonomy_layers:  # zero-initialised heads: make them act
-            gen = torch.Generator().manual_seed(seed + 1)
             layer.head.weight.copy_(0.3 * torch.randn(layer.head.weight.shape, generator=gen))
             layer.head.bias.copy_(0.3 * torch.randn(layer.head.bias.shape, generator=gen))
     return flow

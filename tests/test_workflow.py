@@ -226,21 +226,26 @@ def test_omp_wait_policy_comes_from_the_config_unless_the_environment_sets_it(
     assert "jobs run with OMP_WAIT_POLICY" not in result.stderr
 
 
-def test_each_run_trains_its_steps_amp_steps_then_steps_by_estimator(tmp_path):
-    def edit(cfg):
-        cfg["training"]["main"].update(steps=7, steps_by_estimator={"reinforce": 9}, amp_steps=5)
-
+def planned_with(tmp_path: Path, edit) -> dict[str, str]:
+    """`planned_commands` of a dry run of the tiny config as `edit` changes it."""
     result = snakemake(
         "-n", "-p", "--cores", "1", "--configfile", str(bad_config(tmp_path, edit)),
         workdir=tmp_path / "work",
     )  # fmt: skip
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-3000:]
+    return planned_commands(text)
+
+
+def test_each_run_trains_its_steps_amp_steps_then_steps_by_estimator(tmp_path):
+    def edit(cfg):
+        cfg["training"]["main"].update(steps=7, steps_by_estimator={"reinforce": 9}, amp_steps=5)
+
     steps = {
         re.fullmatch(r"results/runs/train/main/(L4-\w+-\w+)-s1/model\.pt", out).group(1): int(
             re.search(r"--steps (\d+)", command).group(1)
         )
-        for out, command in planned_commands(text).items()
+        for out, command in planned_with(tmp_path, edit).items()
         if out.startswith("results/runs/train/main/")
     }
     assert steps == {
@@ -253,13 +258,7 @@ def test_charge_symmetric_architecture_reaches_every_training_job(tmp_path):
         cfg["architecture"]["charge_symmetric"] = True
         cfg["training"]["large"]["pretrain"] = [{"L": 4, "steps": 3}]
 
-    result = snakemake(
-        "-n", "-p", "--cores", "1", "--configfile", str(bad_config(tmp_path, edit)),
-        workdir=tmp_path / "work",
-    )  # fmt: skip
-    text = result.stdout + result.stderr
-    assert result.returncode == 0, text[-3000:]
-    commands = [c for c in planned_commands(text).values() if "gaugeflow train" in c]
+    commands = [c for c in planned_with(tmp_path, edit).values() if "gaugeflow train" in c]
     assert len(commands) > 2 and any("--snapshot-every 0" in c for c in commands)  # a stage
     assert all("--charge-symmetric" in c for c in commands), commands
     # off by default
