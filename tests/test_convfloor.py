@@ -20,7 +20,14 @@ from gaugeflow.flows.masks import coupling_masks
 from gaugeflow.flows.nets import ConvOptions, Sites, conv_options, current_options
 from gaugeflow.physics.action import SchwingerAction
 
-SWITCHES = ("active_last", "padded_buffer", "gemm_first", "gemm_last")
+SWITCHES = (
+    "active_last",
+    "padded_buffer",
+    "gemm_first",
+    "gemm_last",
+    "gather_last",
+    "gather_first",
+)
 
 
 def reference_net(net: nn.Sequential, features: torch.Tensor, sites: Sites | None = None):
@@ -93,8 +100,10 @@ def test_training_step_gradient_matches_the_plain_torch_conditioner(estimator, L
 def test_each_switch_alone_keeps_the_reinforce_gradient(switch):
     L = 8
     flow = small_flow(L, seed=1)
-    # gemm_last(_small) evaluate active_last's convolution differently: they need that switch
-    on = {switch, "active_last"} if switch.startswith("gemm_last") else {switch}
+    # gemm_last(_small) and gather_last evaluate active_last's convolution differently: they
+    # need that switch
+    needs_active = switch.startswith("gemm_last") or switch == "gather_last"
+    on = {switch, "active_last"} if needs_active else {switch}
     with conv_options(all=False, **dict.fromkeys(on, True)) as opts:
         assert [getattr(opts, s) for s in SWITCHES] == [s in on for s in SWITCHES]
         _, _, grads = step_gradients(flow, "reinforce", L, reference=False)
@@ -147,9 +156,10 @@ def test_sites_refuse_cosets_that_miss_the_mask():
         Sites.from_mask(active, _active_cosets(8, 0, 1)[:1])
 
 
+@pytest.mark.parametrize("gather", [False, True])
 @pytest.mark.parametrize("gemm_small", [False, True])
 @pytest.mark.parametrize("padded_buffer", [True, False])
-def test_last_convolution_at_the_sites_matches_the_full_one(padded_buffer, gemm_small):
+def test_last_convolution_at_the_sites_matches_the_full_one(padded_buffer, gemm_small, gather):
     """Both layouts of the padded input (the copy-free tall view and plain slices), with and
     without grad, by strided convolutions and by im2col matrix products (`gemm_last_small`),
     against the plain-torch conditioner read out at the active sites."""
@@ -163,7 +173,12 @@ def test_last_convolution_at_the_sites_matches_the_full_one(padded_buffer, gemm_
         x = torch.randn(3, 6, L, L, dtype=torch.float64)
         ref = reference_net(net, x, sites)
         with conv_options(
-            all=False, active_last=True, padded_buffer=padded_buffer, gemm_last_small=gemm_small
+            all=False,
+            active_last=True,
+            padded_buffer=padded_buffer,
+            gemm_last_small=gemm_small,
+            gather_last=gather,
+            gather_first=gather,
         ):
             with torch.no_grad():
                 torch.testing.assert_close(net(x, sites), ref, rtol=0, atol=1e-12)
@@ -171,6 +186,73 @@ def test_last_convolution_at_the_sites_matches_the_full_one(padded_buffer, gemm_
     padded = nets._leaky_pad_into(torch.randn(2, 3, L, L), 3, 0.01, rows=4)
     assert nets._coset_view(padded, 1, 1, 4) is not None  # the tall view applies
     assert nets._coset_view(nets._pad_into(torch.randn(2, 3, L, L), 3), 1, 1, 4) is None
+
+
+@pytest.mark.parametrize("L, kernel, dilation", [(4, 3, 1), (8, 3, 3), (8, 5, 2), (12, 3, 2)])
+def test_gather_conv_is_the_circular_convolution_and_its_gradient(L, kernel, dilation):
+    """`gather_conv` against F.pad(mode='circular') + F.conv2d (+ leaky_relu before), on the
+    whole lattice and at a coset of sites, values and all first derivatives, in float64."""
+    from gaugeflow.flows.conv_gather import gather_conv, tap_index
+
+    gen = torch.Generator().manual_seed(L + kernel + dilation)
+    x = torch.randn(3, 4, L, L, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(5, 4, kernel, kernel, dtype=torch.float64, generator=gen)
+    weight.requires_grad_()
+    bias = torch.randn(5, dtype=torch.float64, generator=gen, requires_grad=True)
+    pad = dilation * (kernel - 1) // 2
+    sites = Sites.from_mask(coupling_masks(L, 1, 2).active, _active_cosets(L, 1, 2))
+    for slope in (None, 0.01):
+        a = x if slope is None else F.leaky_relu(x, slope)
+        ref = F.conv2d(F.pad(a, (pad,) * 4, mode="circular"), weight, bias, dilation=dilation)
+        full = gather_conv(
+            x, weight, bias, tap_index(L, kernel, dilation), slope, full_L=L
+        )
+        at_sites = gather_conv(
+            x, weight, bias, tap_index(L, kernel, dilation, "cpu", sites.flat), slope
+        )
+        ref_sites = ref.flatten(2)[:, :, sites.flat].transpose(1, 2)
+        torch.testing.assert_close(full, ref, rtol=0, atol=1e-12)
+        assert full.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(at_sites, ref_sites, rtol=0, atol=1e-12)
+        for out, out_ref in ((full, ref), (at_sites, ref_sites)):
+            g = torch.randn(out.shape, dtype=torch.float64, generator=gen)
+            got = torch.autograd.grad(out, (x, weight, bias), g, retain_graph=True)
+            want = torch.autograd.grad(out_ref, (x, weight, bias), g, retain_graph=True)
+            for a_, b_ in zip(got, want, strict=True):
+                torch.testing.assert_close(a_, b_, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("L", [4, 8])
+def test_holonomy_convolutions_gather_the_same_function(L):
+    """The holonomy layer's gathered convolutions against its stock nn.Sequential (circular
+    padding_mode), values and gradients, in float64."""
+    from gaugeflow.flows.holonomy import HolonomyCoupling
+
+    torch.manual_seed(L)
+    layer = HolonomyCoupling(L, 1, n_bins=4, hidden_channels=5).double()
+    x = torch.randn(3, 6, L, L, dtype=torch.float64, requires_grad=True)
+    with conv_options(gather_holonomy=True):
+        out = layer._convolutions(x)
+    ref = layer.net(x)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    params = (x, *layer.net.parameters())
+    got = torch.autograd.grad(out, params, g)
+    want = torch.autograd.grad(ref, params, g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
+def test_tap_index_wraps_around_the_torus():
+    from gaugeflow.flows.conv_gather import tap_index
+
+    index = tap_index(4, 3, 1).view(16, 3, 3)
+    # site (0, 0) reads rows 3, 0, 1 and columns 3, 0, 1
+    assert index[0].tolist() == [[15, 12, 13], [3, 0, 1], [7, 4, 5]]
+    # dilation 2 on L = 4: offsets -2, 0, 2 wrap onto the same rows
+    assert tap_index(4, 3, 2).view(16, 3, 3)[5].tolist() == [[15, 13, 15], [7, 5, 7], [15, 13, 15]]
+    with pytest.raises(ValueError, match="odd kernel"):
+        tap_index(4, 2, 1)
 
 
 def test_conv_options_names_unknown_switches():

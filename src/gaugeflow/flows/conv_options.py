@@ -33,6 +33,12 @@ class ConvOptions:
       oneDNN's strided convolution over the tall coset view runs at a fraction of its usual
       speed (L = 4, batch 128, 16 channels: 630 vs 217 us; at L = 16, 64 channels the
       convolution is faster; benchmarks/RESULTS.md, session 7).
+    - ``gather_last``: with ``active_last``, the last convolution gathers the taps of the active
+      sites through a wrapped index and multiplies once (gaugeflow.flows.conv_gather): no
+      padded buffer, no per-tap loops, forward or backward; before the gemm paths above.
+    - ``gather_first``: on lattices up to ``conv_gather.GATHER_FULL_MAX_L`` the first
+      convolution likewise, on every site.
+    - ``gather_holonomy``: on those lattices the holonomy layers' two convolutions likewise.
     """
 
     active_last: bool = True
@@ -40,6 +46,9 @@ class ConvOptions:
     gemm_first: bool = True
     gemm_last: bool = True
     gemm_last_small: bool = True
+    gather_last: bool = True
+    gather_first: bool = True
+    gather_holonomy: bool = True
 
 
 #: largest lattice on which ``gemm_last_small`` applies

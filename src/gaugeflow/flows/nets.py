@@ -20,6 +20,7 @@ from .conv_ops import (  # noqa: F401  (private helpers re-exported for tests)
     circular_pad,
     leaky_relu_circular_pad,
 )
+from .conv_gather import GATHER_FULL_MAX_L, gather_conv, tap_index
 from .conv_options import ConvOptions, Sites, conv_options, current_options
 
 __all__ = [
@@ -95,6 +96,21 @@ class ConditionerCNN(nn.Sequential):
             and torch.is_grad_enabled()
         )
 
+    @staticmethod
+    def _gatherable(x: torch.Tensor, conv: nn.Conv2d, pad: int, slope: float | None) -> bool:
+        """Whether `gather_conv` applies: a plain "same" convolution of a square lattice, no
+        autocast, an activation (if any) whose output tells its input's sign."""
+        k = conv.kernel_size
+        return (
+            ConditionerCNN._plain_conv(conv, pad)
+            and k[0] == k[1]
+            and pad == conv.dilation[0] * (k[0] - 1) // 2
+            and x.dim() == 4
+            and x.shape[-1] == x.shape[-2]
+            and not torch.is_autocast_enabled(x.device.type)
+            and (slope is None or slope > 0)
+        )
+
     def forward(self, features: torch.Tensor, sites: Sites | None = None) -> torch.Tensor:
         """[B, in_channels, L, L] -> [B, out_channels, L, L], or [B, n_sites, out_channels]."""
         opts = current_options()
@@ -110,6 +126,19 @@ class ConditionerCNN(nn.Sequential):
             pad = conv.padding[0]
             last, first = conv is convs[-1], conv is convs[0]
             at_sites = sites if last and opts.active_last and self._plain_conv(conv, pad) else None
+            if self._gatherable(x, conv, pad, slope):
+                L, k, d = x.shape[-1], conv.kernel_size[0], conv.dilation[0]
+                if at_sites is not None and opts.gather_last:
+                    key = ("sites", at_sites.cosets)
+                    index = tap_index(L, k, d, x.device, at_sites.flat, key)
+                    x = gather_conv(x, conv.weight, conv.bias, index, slope)
+                    gathered, slope = True, None
+                    continue
+                if first and at_sites is None and opts.gather_first and L <= GATHER_FULL_MAX_L:
+                    index = tap_index(L, k, d, x.device, None, ("all",))
+                    x = gather_conv(x, conv.weight, conv.bias, index, slope, full_L=L)
+                    slope = None
+                    continue
             if self._fused(x, conv, pad) and (slope is None or slope > 0):
                 gemm = first and opts.gemm_first and conv.bias is not None
                 x = _CircularConv2d.apply(
