@@ -222,27 +222,6 @@ def test_gather_conv_is_the_circular_convolution_and_its_gradient(L, kernel, dil
                 torch.testing.assert_close(a_, b_, rtol=0, atol=1e-11)
 
 
-@pytest.mark.parametrize("L", [4, 8])
-def test_holonomy_convolutions_gather_the_same_function(L):
-    """The holonomy layer's gathered convolutions against its stock nn.Sequential (circular
-    padding_mode), values and gradients, in float64."""
-    from gaugeflow.flows.holonomy import HolonomyCoupling
-
-    torch.manual_seed(L)
-    layer = HolonomyCoupling(L, 1, n_bins=4, hidden_channels=5).double()
-    x = torch.randn(3, 6, L, L, dtype=torch.float64, requires_grad=True)
-    with conv_options(gather_holonomy=True):
-        out = layer._convolutions(x)
-    ref = layer.net(x)
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
-    g = torch.randn_like(ref)
-    params = (x, *layer.net.parameters())
-    got = torch.autograd.grad(out, params, g)
-    want = torch.autograd.grad(ref, params, g)
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
-
-
 def test_tap_index_wraps_around_the_torus():
     from gaugeflow.flows.conv_gather import tap_index
 

@@ -38,7 +38,6 @@ class ConvOptions:
       padded buffer, no per-tap loops, forward or backward; before the gemm paths above.
     - ``gather_first``: on lattices up to ``conv_gather.GATHER_FULL_MAX_L`` the first
       convolution likewise, on every site.
-    - ``gather_holonomy``: on those lattices the holonomy layers' two convolutions likewise.
     """
 
     active_last: bool = True
@@ -48,7 +47,6 @@ class ConvOptions:
     gemm_last_small: bool = True
     gather_last: bool = True
     gather_first: bool = True
-    gather_holonomy: bool = True
 
 
 #: largest lattice on which ``gemm_last_small`` applies

@@ -45,8 +45,6 @@ import torch
 from torch import nn
 
 from ..physics.u1 import plaquette
-from .conv_gather import GATHER_FULL_MAX_L, gather_conv, tap_index
-from .conv_options import current_options
 from .splines import (
     TWO_PI,
     charge_symmetric_params,
@@ -106,29 +104,12 @@ class HolonomyCoupling(nn.Module):
         angles = torch.stack([plaquette(theta), offsets, other], dim=1)
         return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
-    def _convolutions(self, features: torch.Tensor) -> torch.Tensor:
-        """``self.net(features)``; on small lattices both convolutions gather their taps
-        (`gaugeflow.flows.conv_gather`, the ``gather_holonomy`` switch): the same function."""
-        L = features.shape[-1]
-        first, act, second = self.net[0], self.net[1], self.net[2]
-        if (
-            L > GATHER_FULL_MAX_L
-            or not current_options().gather_holonomy
-            or torch.is_autocast_enabled(features.device.type)
-            or act.negative_slope <= 0
-        ):
-            return self.net(features)
-        index = tap_index(L, 3, 1, features.device, None, ("all",))
-        x = gather_conv(features, first.weight, first.bias, index, None, full_L=L)
-        x = gather_conv(x, second.weight, second.bias, index, act.negative_slope, full_L=L)
-        return torch.nn.functional.leaky_relu(x, self.net[3].negative_slope)
-
     def _spline_params(self, theta: torch.Tensor, loops: torch.Tensor) -> torch.Tensor:
         """Spline parameters [B, 3 n_bins] in theta's dtype (the net may run under autocast)."""
         features = self.conditioner_features(theta, loops)
 
         def net(f: torch.Tensor) -> torch.Tensor:
-            return self.head(self._convolutions(f).mean(dim=(2, 3)))
+            return self.head(self.net(f).mean(dim=(2, 3)))
 
         if self.charge_symmetric:  # cos of the 3 angles, then their sines
             return charge_symmetric_params(net, features, 3).to(theta.dtype)
