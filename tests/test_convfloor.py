@@ -204,9 +204,7 @@ def test_gather_conv_is_the_circular_convolution_and_its_gradient(L, kernel, dil
     for slope in (None, 0.01):
         a = x if slope is None else F.leaky_relu(x, slope)
         ref = F.conv2d(F.pad(a, (pad,) * 4, mode="circular"), weight, bias, dilation=dilation)
-        full = gather_conv(
-            x, weight, bias, tap_index(L, kernel, dilation), slope, full_L=L
-        )
+        full = gather_conv(x, weight, bias, tap_index(L, kernel, dilation), slope, full_L=L)
         at_sites = gather_conv(
             x, weight, bias, tap_index(L, kernel, dilation, "cpu", sites.flat), slope
         )

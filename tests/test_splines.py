@@ -190,7 +190,7 @@ def test_hand_written_backward_matches_finite_differences(direction):
     params = random_params(12, torch.float64, scale=2.0, seed=11).requires_grad_()
     gen = torch.Generator().manual_seed(12)
     # keep clear of the knots (the derivative jumps there) and of the circle's ends
-    x = (0.05 + (TWO_PI - 0.1) * torch.rand(12, dtype=torch.float64, generator=gen))
+    x = 0.05 + (TWO_PI - 0.1) * torch.rand(12, dtype=torch.float64, generator=gen)
     x.requires_grad_()
     assert torch.autograd.gradcheck(apply, (x, params), eps=1e-7, atol=1e-6, rtol=1e-5)
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv_gather import GATHER_FULL_MAX_L, gather_conv, tap_index
 from .conv_ops import (  # noqa: F401  (private helpers re-exported for tests)
     _CircularConv2d,
     _conv_at_sites,
@@ -20,7 +21,6 @@ from .conv_ops import (  # noqa: F401  (private helpers re-exported for tests)
     circular_pad,
     leaky_relu_circular_pad,
 )
-from .conv_gather import GATHER_FULL_MAX_L, gather_conv, tap_index
 from .conv_options import ConvOptions, Sites, conv_options, current_options
 
 __all__ = [

@@ -134,9 +134,7 @@ class _Bin:
 
     def scatter(self, like: torch.Tensor, g_x0, g_width, g_y0, g_height, g_d0, g_d1):
         """Gradient of the knots [..., 3, K + 1] from those of the bin quantities."""
-        ends = torch.stack(
-            [g_x0 - g_width, g_width, g_y0 - g_height, g_height, g_d0, g_d1], dim=-1
-        )
+        ends = torch.stack([g_x0 - g_width, g_width, g_y0 - g_height, g_height, g_d0, g_d1], dim=-1)
         return torch.zeros_like(like).scatter_add_(-1, self.index, ends.unflatten(-1, (3, 2)))
 
 
@@ -212,7 +210,12 @@ class _SplineForward(torch.autograd.Function):
         grad_params = None
         if ctx.needs_input_grad[1]:
             g_knots = b.scatter(
-                knots, -g_xi, g_width, g_y, g_y * y_h + g_s, g_y * y_d0 + g_log * l_d0,
+                knots,
+                -g_xi,
+                g_width,
+                g_y,
+                g_y * y_h + g_s,
+                g_y * y_d0 + g_log * l_d0,
                 g_y * y_d1 + g_log * l_d1,
             )
             grad_params = _knots_backward(g_knots, probabilities, pre)
@@ -261,8 +264,13 @@ class _SplineInverse(torch.autograd.Function):
         grad_params = None
         if ctx.needs_input_grad[1]:
             g_knots = b.scatter(
-                knots, g_x, g_x * xi - g_s * b.s, -q, -q * y_h + g_s,
-                -q * y_d0 - g_log * l_d0, -q * y_d1 - g_log * l_d1,
+                knots,
+                g_x,
+                g_x * xi - g_s * b.s,
+                -q,
+                -q * y_h + g_s,
+                -q * y_d0 - g_log * l_d0,
+                -q * y_d1 - g_log * l_d1,
             )
             grad_params = _knots_backward(g_knots, probabilities, pre)
         return (q if ctx.needs_input_grad[0] else None), grad_params
