@@ -253,6 +253,57 @@ def test_each_run_trains_its_steps_amp_steps_then_steps_by_estimator(tmp_path):
     }  # fmt: skip
 
 
+def planned_priorities(text: str) -> dict[str, int]:
+    """output (model.pt of a training job, or a stage) -> its priority, from `snakemake -n`."""
+    found = {}
+    for block in re.split(r"\n(?=\[[A-Z][a-z]{2} )", text):
+        out = re.search(r"output: (\S+/model\.pt)", block)
+        if out:
+            prio = re.search(r"priority: (\d+)", block)
+            found[out.group(1).rstrip(",")] = int(prio.group(1)) if prio else 0
+    return found
+
+
+def test_the_longest_training_chain_is_scheduled_first(tmp_path):
+    """The parent of the warm-started group outranks every other training job, its child
+    comes next, and a pretraining stage ranks with the work left on its chain."""
+
+    def edit(cfg):
+        cfg["training"]["main"].update(
+            steps=20, steps_by_estimator={"reinforce": 400}, amp_steps=20
+        )
+        cfg["training"]["large"].update(
+            steps=300, parent={"group": "main", "estimator": "reinforce"}
+        )
+
+    result = snakemake(
+        "-n", "--cores", "2", "--configfile", str(bad_config(tmp_path, edit)),
+        workdir=tmp_path / "work",
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    prio = planned_priorities(result.stdout + result.stderr)
+    parent = "results/runs/train/main/L4-reinforce-fp32-s1/model.pt"
+    child = [k for k in prio if k.startswith("results/runs/train/large/")]
+    assert prio[parent] == 100 and len(child) == 1
+    others = [v for k, v in prio.items() if k != parent and k not in child]
+    assert others and 0 < max(others) < prio[child[0]] < prio[parent]
+
+    def staged(cfg):
+        edit(cfg)
+        cfg["training"]["large"]["pretrain"] = [{"L": 4, "steps": 50}, {"L": 4, "steps": 50}]
+
+    result = snakemake(
+        "-n", "--cores", "2", "--configfile", str(bad_config(tmp_path, staged)),
+        workdir=tmp_path / "staged",
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    prio = planned_priorities(result.stdout + result.stderr)
+    stages = sorted((k, v) for k, v in prio.items() if "/pretrain/" in k)
+    assert len(stages) == 2
+    run = next(v for k, v in prio.items() if k.startswith("results/runs/train/large/"))
+    assert prio[parent] > stages[0][1] > stages[1][1] > run > 0
+
+
 def test_charge_symmetric_architecture_reaches_every_training_job(tmp_path):
     def edit(cfg):
         cfg["architecture"]["charge_symmetric"] = True

@@ -131,6 +131,71 @@ def stage_init_input(wildcards):
     return [parent] if parent else []
 
 
+# Scheduling: Snakemake starts the ready job of highest priority first. A training job's
+# priority is the work on the longest chain of training jobs it starts (itself, then the
+# stages and runs warm-started from it, transitively), as steps x batch x L^2, scaled to
+# 1..100; every other job has priority 0. So the chain L = 4 parent -> L = 8 run, the
+# critical path of `make paper`, starts first and its next link starts as soon as it can,
+# before the short side runs and the snapshots' acceptance jobs (which had delayed the
+# parent by 3 min and the L = 8 run by 36 s; benchmarks/RESULTS.md, session 10).
+
+
+def _work(steps, batch_size, n_batches, L):
+    return int(steps) * int(batch_size) * int(n_batches) * int(L) ** 2
+
+
+def _stage_work(group, stage):
+    g = config["training"][group]
+    return _work(
+        stage["steps"],
+        stage.get("batch_size", g["batch_size"]),
+        stage.get("n_batches", g["n_batches"]),
+        stage.get("L", g["L"]),
+    )
+
+
+def _run_chain_work(group, estimator, amp, seed):
+    """Training work of a group's run (its stages and itself) and of everything warm-started
+    from its model, along the longest chain."""
+    g = config["training"][group]
+    own = sum(_stage_work(group, st) for st in pretrain_stages(group))
+    own += _work(run_steps(group, estimator, amp), g["batch_size"], g["n_batches"], g["L"])
+    model = os.path.join(train_dir(group, g["L"], estimator, amp, seed), "model.pt")
+    after = [
+        _run_chain_work(child, est, a, s)
+        for child in GROUP_FIGURES
+        for _, est, a, s in train_runs(child)
+        if parent_model(child, est, a, s) == model
+    ]
+    return own + max(after, default=0)
+
+
+def _chain_priority(work):
+    longest = max(
+        _run_chain_work(group, est, a, s)
+        for group in GROUP_FIGURES
+        for _, est, a, s in train_runs(group)
+    )
+    return max(1, round(100 * work / max(longest, 1)))
+
+
+def train_priority(wildcards):
+    """Priority of a training run's job (see above)."""
+    run = _run_of(wildcards)
+    chain = _run_chain_work(wildcards.group, *run)
+    stages = sum(_stage_work(wildcards.group, st) for st in pretrain_stages(wildcards.group))
+    return _chain_priority(chain - stages)
+
+
+def stage_priority(wildcards):
+    """Priority of pretraining stage k's job: the work from stage k to the chain's end."""
+    k = int(wildcards.stage)
+    before = sum(
+        _stage_work(wildcards.group, st) for st in pretrain_stages(wildcards.group)[: k - 1]
+    )
+    return _chain_priority(_run_chain_work(wildcards.group, *_run_of(wildcards)) - before)
+
+
 def time_limit_seconds(runtime_minutes):
     """--time-limit of a job with this runtime resource: minus max(2 min, 10 %)."""
     seconds = 60 * runtime_minutes

@@ -20,6 +20,7 @@ rule pretrain:
     benchmark:
         "results/benchmarks/pretrain/{group}/L{L}-{estimator}-{prec}-s{seed}/stage{stage}.tsv"
     threads: res("train", "threads")
+    priority: stage_priority  # curriculum.smk: the longest training chain first
     resources:
         mem_mb=res("train", "mem_mb"),
         runtime=res("train", "runtime"),

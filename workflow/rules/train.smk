@@ -28,6 +28,7 @@ checkpoint train:
     benchmark:
         "results/benchmarks/train/{group}/L{L}-{estimator}-{prec}-s{seed}.tsv"
     threads: res("train", "threads")
+    priority: train_priority  # curriculum.smk: the longest training chain first
     resources:
         mem_mb=res("train", "mem_mb"),
         runtime=res("train", "runtime"),
