@@ -312,10 +312,18 @@ def test_charge_symmetric_architecture_reaches_every_training_job(tmp_path):
     commands = [c for c in planned_with(tmp_path, edit).values() if "gaugeflow train" in c]
     assert len(commands) > 2 and any("--snapshot-every 0" in c for c in commands)  # a stage
     assert all("--charge-symmetric" in c for c in commands), commands
-    # off by default
-    plain = snakemake("-n", "-p", "--cores", "1", workdir=tmp_path / "plain")
+    # off where the architecture does not name it (the tiny config); config.yaml turns it on
+    plain = snakemake(
+        "-n", "-p", "--cores", "1", "--configfile", str(REPO / "config/tiny.yaml"),
+        workdir=tmp_path / "plain",
+    )  # fmt: skip
     assert plain.returncode == 0
     assert "--charge-symmetric" not in plain.stdout + plain.stderr
+    default = snakemake("-n", "-p", "--cores", "1", workdir=tmp_path / "default")
+    assert default.returncode == 0
+    planned = planned_commands(default.stdout + default.stderr)
+    trains = [c for c in planned.values() if "gaugeflow train" in c]
+    assert trains and all("--charge-symmetric" in c for c in trains)
 
 
 def test_config_yaml_is_the_default_and_never_leaks_into_another_config(tmp_path):
