@@ -253,8 +253,15 @@ def test_each_run_trains_its_steps_amp_steps_then_steps_by_estimator(tmp_path):
     }  # fmt: skip
 
 
-def planned_priorities(text: str) -> dict[str, int]:
-    """output (model.pt of a training job, or a stage) -> its priority, from `snakemake -n`."""
+def planned_priorities(tmp_path: Path, edit, name: str) -> dict[str, int]:
+    """model.pt of each training job or stage -> its priority, in a dry run (2 cores) of the
+    tiny config as `edit` changes it."""
+    result = snakemake(
+        "-n", "--cores", "2", "--configfile", str(bad_config(tmp_path, edit)),
+        workdir=tmp_path / name,
+    )  # fmt: skip
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-3000:]
     found = {}
     for block in re.split(r"\n(?=\[[A-Z][a-z]{2} )", text):
         out = re.search(r"output: (\S+/model\.pt)", block)
@@ -276,12 +283,7 @@ def test_the_longest_training_chain_is_scheduled_first(tmp_path):
             steps=300, parent={"group": "main", "estimator": "reinforce"}
         )
 
-    result = snakemake(
-        "-n", "--cores", "2", "--configfile", str(bad_config(tmp_path, edit)),
-        workdir=tmp_path / "work",
-    )  # fmt: skip
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    prio = planned_priorities(result.stdout + result.stderr)
+    prio = planned_priorities(tmp_path, edit, "work")
     parent = "results/runs/train/main/L4-reinforce-fp32-s1/model.pt"
     child = [k for k in prio if k.startswith("results/runs/train/large/")]
     assert prio[parent] == 100 and len(child) == 1
@@ -292,12 +294,7 @@ def test_the_longest_training_chain_is_scheduled_first(tmp_path):
         edit(cfg)
         cfg["training"]["large"]["pretrain"] = [{"L": 4, "steps": 50}, {"L": 4, "steps": 50}]
 
-    result = snakemake(
-        "-n", "--cores", "2", "--configfile", str(bad_config(tmp_path, staged)),
-        workdir=tmp_path / "staged",
-    )  # fmt: skip
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    prio = planned_priorities(result.stdout + result.stderr)
+    prio = planned_priorities(tmp_path, staged, "staged")
     stages = sorted((k, v) for k, v in prio.items() if "/pretrain/" in k)
     assert len(stages) == 2
     run = next(v for k, v in prio.items() if k.startswith("results/runs/train/large/"))
