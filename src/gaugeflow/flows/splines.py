@@ -182,6 +182,20 @@ def _partials(xi, b: _Bin, mix, numerator_y, denominator, numerator_slope):
     return y_partials, g_partials
 
 
+def _save(ctx, raw: torch.Tensor, xi: torch.Tensor, b: _Bin, terms, knots, probabilities, pre):
+    """Keep what `_restore` needs: xi, where the clamp of its raw value is inactive, the bin,
+    the rational terms and the knots' backward inputs."""
+    ctx.save_for_backward(xi, (raw >= 0) & (raw <= 1), probabilities, pre, knots)
+    ctx.bin, ctx.terms = b, terms
+
+
+def _restore(ctx):
+    """(xi, inside, bin, partials of Y and G at xi, knots, probabilities, pre) from `_save`."""
+    xi, inside, probabilities, pre, knots = ctx.saved_tensors
+    b = ctx.bin
+    return xi, inside, b, _partials(xi, b, *ctx.terms), knots, probabilities, pre
+
+
 class _SplineForward(torch.autograd.Function):
     """y = f(x), log f'(x), with a hand-written backward (one autograd node, not ~80)."""
 
@@ -192,17 +206,14 @@ class _SplineForward(torch.autograd.Function):
         raw = (x - b.x0) / b.width
         xi = raw.clamp(0, 1)
         mix, A, D, N = _terms(xi, b)
-        y = b.y0 + b.height * A / D
-        ctx.save_for_backward(xi, (raw >= 0) & (raw <= 1), probabilities, pre, knots)
-        ctx.bin, ctx.terms = b, (mix, A, D, N)
-        return y, _log_slope(b, D, N)
+        _save(ctx, raw, xi, b, (mix, A, D, N), knots, probabilities, pre)
+        return b.y0 + b.height * A / D, _log_slope(b, D, N)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_y, g_log):  # type: ignore[override]
-        xi, inside, probabilities, pre, knots = ctx.saved_tensors
-        b = ctx.bin
-        (y_xi, y_s, y_d0, y_d1, y_h), (l_xi, l_s, l_d0, l_d1) = _partials(xi, b, *ctx.terms)
+        xi, inside, b, partials, knots, probabilities, pre = _restore(ctx)
+        (y_xi, y_s, y_d0, y_d1, y_h), (l_xi, l_s, l_d0, l_d1) = partials
         g_xi = torch.where(inside, g_y * y_xi + g_log * l_xi, 0.0) / b.width
         g_s = (g_y * y_s + g_log * l_s) / b.width
         # xi = (x - x0) / width, s = height / width
@@ -247,16 +258,14 @@ class _SplineInverse(torch.autograd.Function):
         raw = torch.where(b_positive, xi_b_positive, xi_b_negative)
         xi = raw.clamp(0, 1)
         mix, A, D, N = _terms(xi, b)
-        ctx.save_for_backward(xi, (raw >= 0) & (raw <= 1), probabilities, pre, knots)
-        ctx.bin, ctx.terms = b, (mix, A, D, N)
+        _save(ctx, raw, xi, b, (mix, A, D, N), knots, probabilities, pre)
         return b.x0 + xi * b.width, -_log_slope(b, D, N)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_x, g_log):  # type: ignore[override]
-        xi, inside, probabilities, pre, knots = ctx.saved_tensors
-        b = ctx.bin
-        (y_xi, y_s, y_d0, y_d1, y_h), (l_xi, l_s, l_d0, l_d1) = _partials(xi, b, *ctx.terms)
+        xi, inside, b, partials, knots, probabilities, pre = _restore(ctx)
+        (y_xi, y_s, y_d0, y_d1, y_h), (l_xi, l_s, l_d0, l_d1) = partials
         # x = x0 + xi width and log slope = -G(xi); height A(xi) / D(xi) = y - y0 defines xi:
         # d xi = (dy - dy0 - Y_s ds - Y_d0 dd0 - Y_d1 dd1 - Y_height dheight) / Y_xi
         q = torch.where(inside, (g_x * b.width - g_log * l_xi) / y_xi, 0.0)
