@@ -275,11 +275,12 @@ def test_a_real_cpu_allocation_failure_is_recorded_as_oom():
 
 
 @pytest.mark.parametrize(
-    ("estimator", "passes", "differentiated"), [("rt", 1, True), ("reinforce", 2, False)]
+    ("estimator", "passes", "differentiated"), [("rt", 1, True), ("reinforce", 1, False)]
 )
 def test_floor_replay_records_each_conditioner_and_action_call(estimator, passes, differentiated):
-    """REINFORCE runs the nets twice (no-grad forward, reverse with grad) and never
-    differentiates the action; r.t. runs them once and differentiates the action."""
+    """REINFORCE runs the nets once (with grad in the sampling pass; the reverse pass replays
+    them, gaugeflow.flows.replay) and never differentiates the action; r.t. runs them once
+    and differentiates the action."""
     setup = M.build_setup(_cfg(4, estimator, "loop"))
     floor = measure_floor(setup, repeats=1, warmup=0)
     assert floor["conditioner_calls"] == passes * 8

@@ -26,6 +26,7 @@ from torch import nn
 from ..physics.u1 import plaquette, shift
 from .masks import coupling_masks, link_sign
 from .nets import ConditionerCNN, Sites
+from .replay import conditioner_forward, conditioner_reverse
 from .splines import (
     TWO_PI,
     charge_symmetric_params,
@@ -112,17 +113,25 @@ class GaugeEquivariantCoupling(nn.Module):
         mask = self.feature_mask.to(angles.dtype)
         return torch.cat([torch.cos(angles) * mask, torch.sin(angles) * mask], dim=1)
 
-    def _spline_params(self, theta: torch.Tensor, plaq: torch.Tensor) -> torch.Tensor:
-        """Spline parameters at the active sites, [B, n_active, 3K], in theta's dtype."""
+    def _params_of(self, features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The conditioner: features -> spline parameters at the active sites, [B, n_active, 3K]."""
         sites = Sites(self.L, self._cosets, self.active_sites, self._site_order)
-        features = self.conditioner_features(theta, plaq)
         if self.charge_symmetric:  # the sines are the second half of the channels
             n_odd = features.shape[1] // 2
             out = charge_symmetric_params(lambda f: self.net(f, sites), features, n_odd)
         else:
             out = self.net(features, sites)
         # under autocast the net may answer in bf16/fp16; the spline runs in theta's dtype
-        return out.to(theta.dtype)
+        return out.to(dtype)
+
+    def _spline_params(
+        self, theta: torch.Tensor, plaq: torch.Tensor, reverse: bool = False
+    ) -> torch.Tensor:
+        """Spline parameters at the active sites, [B, n_active, 3K], in theta's dtype
+        (recorded or replayed by an active gaugeflow.flows.replay.ConditionerTape)."""
+        features = self.conditioner_features(theta, plaq)
+        call = conditioner_reverse if reverse else conditioner_forward
+        return call(self, features, lambda f: self._params_of(f, theta.dtype))
 
     def _active_angles(self, plaq: torch.Tensor) -> torch.Tensor:
         """Active plaquettes mod 2pi, [B, n_active]."""
@@ -149,7 +158,7 @@ class GaugeEquivariantCoupling(nn.Module):
     def reverse(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Target side -> prior side: (old theta, log|det J| of the inverse per sample)."""
         plaq = plaquette(theta)
-        params = self._spline_params(theta, plaq)
+        params = self._spline_params(theta, plaq, reverse=True)
         with torch.autocast(theta.device.type, enabled=False):
             p_new = self._active_angles(plaq)
             p, log_slope = spline_inverse(p_new, params)

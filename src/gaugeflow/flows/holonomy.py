@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from ..physics.u1 import plaquette
+from .replay import conditioner_forward, conditioner_reverse
 from .splines import (
     TWO_PI,
     charge_symmetric_params,
@@ -104,16 +105,24 @@ class HolonomyCoupling(nn.Module):
         angles = torch.stack([plaquette(theta), offsets, other], dim=1)
         return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
-    def _spline_params(self, theta: torch.Tensor, loops: torch.Tensor) -> torch.Tensor:
-        """Spline parameters [B, 3 n_bins] in theta's dtype (the net may run under autocast)."""
-        features = self.conditioner_features(theta, loops)
+    def _params_of(self, features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The conditioner: features -> spline parameters [B, 3 n_bins] in `dtype`."""
 
         def net(f: torch.Tensor) -> torch.Tensor:
             return self.head(self.net(f).mean(dim=(2, 3)))
 
         if self.charge_symmetric:  # cos of the 3 angles, then their sines
-            return charge_symmetric_params(net, features, 3).to(theta.dtype)
-        return net(features).to(theta.dtype)
+            return charge_symmetric_params(net, features, 3).to(dtype)
+        return net(features).to(dtype)
+
+    def _spline_params(
+        self, theta: torch.Tensor, loops: torch.Tensor, reverse: bool = False
+    ) -> torch.Tensor:
+        """Spline parameters [B, 3 n_bins] in theta's dtype (the net may run under autocast;
+        recorded or replayed by an active gaugeflow.flows.replay.ConditionerTape)."""
+        features = self.conditioner_features(theta, loops)
+        call = conditioner_reverse if reverse else conditioner_forward
+        return call(self, features, lambda f: self._params_of(f, theta.dtype))
 
     def _shift_links(self, theta: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """theta with delta / L added to every mu-link (out of place)."""
@@ -124,7 +133,7 @@ class HolonomyCoupling(nn.Module):
     def _transform(self, theta: torch.Tensor, spline) -> tuple[torch.Tensor, torch.Tensor]:
         """Map the line-0 holonomy through `spline` (forward or inverse) and shift the links."""
         loops = polyakov_loops(theta, self.mu)
-        params = self._spline_params(theta, loops)
+        params = self._spline_params(theta, loops, reverse=spline is spline_inverse)
         with torch.autocast(theta.device.type, enabled=False):
             old = torch.remainder(loops[:, 0], TWO_PI)
             new, log_slope = spline(old, params)
