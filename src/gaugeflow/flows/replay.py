@@ -64,7 +64,9 @@ class _Replay(torch.autograd.Function):
                 "freed by the first backward (record the forward pass again)"
             )
         want_features = ctx.needs_input_grad[0]
-        wanted = [w for w, need in zip(entry.weights, ctx.needs_input_grad[2:]) if need]
+        wanted = [
+            w for w, need in zip(entry.weights, ctx.needs_input_grad[2:], strict=True) if need
+        ]
         inputs = ([entry.leaf] if want_features else []) + wanted
         if not inputs:
             return (None, None, *(None for _ in entry.weights))
