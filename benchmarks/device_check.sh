@@ -52,7 +52,7 @@ TTQ_BUDGET=${TTQ_BUDGET:-90}
 ONLY=" ${ONLY:-tests timing e2e ttq memory ddp loop} "
 PAPER_BATCH=${PAPER_BATCH:-768}
 ARCH=(--n-layers 48 --hidden 64)
-TESTS=(tests/test_linalg.py tests/test_symmetry.py tests/test_estimators.py tests/test_measure.py
+TESTS=(tests/test_linalg.py tests/test_symmetry.py tests/test_estimators.py tests/test_measure.py tests/test_replay.py tests/test_convfloor.py
        tests/test_flow.py tests/test_holonomy.py tests/test_training.py)
 E2E=(--L 8 --estimator reinforce --n-layers 16 --hidden 16 --holonomy --batch-size 256 --steps 40)
 E2E_N=4096

@@ -1,0 +1,103 @@
+"""REINFORCE step with and without conditioner replay (gaugeflow.flows.replay), one process.
+
+The two variants train the same TrainStep in alternation (blocks of --steps steps, the order
+flipped every round), so a drifting machine affects both alike; the ratio comes from one run.
+
+    python benchmarks/bench_replay.py --L 16 --threads 2                    # paper flow, CPU
+    python benchmarks/bench_replay.py --L 8 --layers 16 --hidden 16 --holonomy --threads 1
+    python benchmarks/bench_replay.py --L 16 --device cuda --batch-size 768
+
+Prints the median step time of each variant and their ratio; --out writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gaugeflow import estimators
+from gaugeflow.io import write_json
+from gaugeflow.training.config import make_config
+from gaugeflow.training.step import TrainStep
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--L", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=48)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--holonomy", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3, help="steps per variant per round")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    flow = {"n_layers": args.layers, "hidden_channels": args.hidden, "holonomy": args.holonomy}
+    config = make_config(
+        {"L": args.L, "batch_size": args.batch_size, "device": str(device), "flow": flow}
+    )
+    step = TrainStep(config, device)
+    variants = {
+        "replay": functools.partial(estimators.reinforce, replay=True),
+        "plain": functools.partial(estimators.reinforce, replay=False),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    n = 0
+
+    def timed(name: str) -> float:
+        nonlocal n
+        step.estimator = variants[name]
+        n += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        step.run(n)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    for name in variants:  # warm-up: caches, allocator, kernels
+        timed(name)
+        timed(name)
+    for r in range(args.rounds):
+        order = list(variants) if r % 2 == 0 else list(variants)[::-1]
+        for name in order:
+            times[name] += [timed(name) for _ in range(args.steps)]
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    result = {
+        "L": args.L,
+        "batch_size": args.batch_size,
+        "layers": args.layers,
+        "hidden": args.hidden,
+        "holonomy": args.holonomy,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "median_seconds": medians,
+        "all_seconds": times,
+        "speedup": medians["plain"] / medians["replay"],
+        "torch": torch.__version__,
+    }
+    print(
+        f"L={args.L} batch {args.batch_size} {args.layers}x{args.hidden} on {result['device_name']}: "
+        f"replay {medians['replay']:.4f} s, plain {medians['plain']:.4f} s per step "
+        f"-> {result['speedup']:.2f}x"
+    )
+    if args.out:
+        write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
