@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from gaugeflow import estimators
+from gaugeflow.allocator import tune_allocator
 from gaugeflow.io import write_json
 from gaugeflow.training.config import make_config
 from gaugeflow.training.step import TrainStep
@@ -34,16 +35,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--layers", type=int, default=48)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--holonomy", action="store_true")
+    ap.add_argument("--charge-symmetric", action="store_true")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3, help="steps per variant per round")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    tune_allocator()  # as the command line does: big buffers stay mapped between steps
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    flow = {"n_layers": args.layers, "hidden_channels": args.hidden, "holonomy": args.holonomy}
+    flow = {
+        "n_layers": args.layers,
+        "hidden_channels": args.hidden,
+        "holonomy": args.holonomy,
+        "charge_symmetric": args.charge_symmetric,
+    }
     config = make_config(
         {"L": args.L, "batch_size": args.batch_size, "device": str(device), "flow": flow}
     )
@@ -81,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         "layers": args.layers,
         "hidden": args.hidden,
         "holonomy": args.holonomy,
+        "charge_symmetric": args.charge_symmetric,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
