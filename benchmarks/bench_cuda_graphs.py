@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
 import sys
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gaugeflow import estimators
 from gaugeflow.io import write_json
 from gaugeflow.training.config import make_config
 from gaugeflow.training.step import TrainStep
@@ -88,15 +90,27 @@ def main(argv: list[str] | None = None) -> dict:
     graph_conditioners(graphs)
     capture_s = time.perf_counter() - t0
 
-    # same weights, same samples: one loss + backward each, gradients compared
+    # same weights, same samples: one loss + backward each, gradients compared, with the
+    # conditioner replay (the library's REINFORCE) and without it (graphs run in both passes)
+    checks = {}
+    for replay in (True, False):
+        grads, logqs = [], []
+        for st in (eager, graphs):
+            st.estimator = functools.partial(estimators.reinforce, replay=replay)
+            st.optimizer.zero_grad(set_to_none=True)
+            part = st.loss_part(1, 0)
+            part.loss.backward()
+            torch.cuda.synchronize()
+            grads.append(torch.cat([p.grad.flatten() for p in st.flow.parameters()]).clone())
+            logqs.append(part.output.logq.clone())
+        rel = float((grads[0] - grads[1]).norm() / grads[0].norm())
+        rel_logq = float((logqs[0] - logqs[1]).abs().max() / logqs[0].abs().max())
+        checks["replay" if replay else "plain"] = {"gradient": rel, "logq": rel_logq}
+        print(f"replay={replay}: relative difference graphs vs eager: gradient {rel:.2e}, "
+              f"log q {rel_logq:.2e}", flush=True)  # fmt: skip
     for st in (eager, graphs):
-        st.optimizer.zero_grad(set_to_none=True)
-        part = st.loss_part(1, 0)
-        part.loss.backward()
-    g_e = torch.cat([p.grad.flatten() for p in eager.flow.parameters()])
-    g_g = torch.cat([p.grad.flatten() for p in graphs.flow.parameters()])
-    rel = float((g_e - g_g).norm() / g_e.norm())
-    print(f"gradient: relative difference graphs vs eager {rel:.2e}", flush=True)
+        st.estimator = estimators.reinforce
+    rel = checks["replay"]["gradient"]
 
     times: dict[str, list[float]] = {"eager": [], "graphs": []}
     n = 1
@@ -124,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "capture_seconds": capture_s,
         "gradient_relative_difference": rel,
+        "checks": checks,
         "median_seconds": med,
         "all_seconds": times,
         "speedup": med["eager"] / med["graphs"],
