@@ -61,7 +61,13 @@ def graph_conditioners(step: TrainStep) -> None:
             theta, _ = layer(theta)
     modules = [_Conditioner(layer, dtype) for layer in flow.layers]
     args = tuple((s.detach().clone().requires_grad_(True),) for s in samples)
-    graphed = torch.cuda.make_graphed_callables(tuple(modules), args)
+    # one call per layer, so each layer's graphs get their own memory pool: a tuple of
+    # callables shares one pool and assumes their backward passes run in the reverse order of
+    # their forward calls, but REINFORCE's backward meets the layers in the order 1..N of the
+    # sampling pass (it differentiates the reverse pass N..1), so a shared pool lets one
+    # layer's backward overwrite another's saved activations (session 11's first try: the
+    # gradients were off by 100 %)
+    graphed = [torch.cuda.make_graphed_callables(m, a) for m, a in zip(modules, args, strict=True)]
     for layer, fn in zip(flow.layers, graphed, strict=True):
         layer._params_of = lambda f, dt, fn=fn: fn(f)
 
