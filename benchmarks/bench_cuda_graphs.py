@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import itertools
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from machine import alternating_times  # benchmarks/machine.py
 from torch import nn
 
 from gaugeflow import estimators
@@ -118,22 +120,16 @@ def main(argv: list[str] | None = None) -> dict:
         st.estimator = estimators.reinforce
     rel = checks["replay"]["gradient"]
 
-    times: dict[str, list[float]] = {"eager": [], "graphs": []}
-    n = 1
-    for st in (eager, graphs):  # warm-up
-        for _ in range(2):
-            n += 1
-            st.run(n)
-    for r in range(args.rounds):
-        order = [("eager", eager), ("graphs", graphs)]
-        for name, st in order if r % 2 == 0 else order[::-1]:
-            for _ in range(args.steps):
-                n += 1
-                torch.cuda.synchronize()
-                t = time.perf_counter()
-                st.run(n)
-                torch.cuda.synchronize()
-                times[name].append(time.perf_counter() - t)
+    counter = itertools.count(2)
+    times = alternating_times(
+        {
+            name: (lambda st=st: st.run(next(counter)))
+            for name, st in (("eager", eager), ("graphs", graphs))
+        },
+        args.rounds,
+        args.steps,
+        sync=torch.cuda.synchronize,
+    )
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "L": args.L,

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import statistics
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from machine import alternating_times  # benchmarks/machine.py
 
 from gaugeflow import estimators
 from gaugeflow.allocator import tune_allocator
@@ -60,28 +62,19 @@ def main(argv: list[str] | None = None) -> dict:
         "replay": functools.partial(estimators.reinforce, replay=True),
         "plain": functools.partial(estimators.reinforce, replay=False),
     }
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    n = 0
+    counter = itertools.count(1)
 
-    def timed(name: str) -> float:
-        nonlocal n
-        step.estimator = variants[name]
-        n += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        step.run(n)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
+    def run_with(estimator) -> Callable[[], None]:
+        def run() -> None:
+            step.estimator = estimator
+            step.run(next(counter))
 
-    for name in variants:  # warm-up: caches, allocator, kernels
-        timed(name)
-        timed(name)
-    for r in range(args.rounds):
-        order = list(variants) if r % 2 == 0 else list(variants)[::-1]
-        for name in order:
-            times[name] += [timed(name) for _ in range(args.steps)]
+        return run
+
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    times = alternating_times(
+        {name: run_with(est) for name, est in variants.items()}, args.rounds, args.steps, sync=sync
+    )
     medians = {name: statistics.median(t) for name, t in times.items()}
     result = {
         "L": args.L,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
+from collections.abc import Callable
 
-__all__ = ["cpu_model", "git_state", "loadavg"]
+__all__ = ["alternating_times", "cpu_model", "git_state", "loadavg"]
 
 
 def cpu_model() -> str:
@@ -49,3 +51,35 @@ def loadavg() -> float | None:
             return float(fh.read().split()[0])
     except (OSError, ValueError):
         return None
+
+
+def alternating_times(
+    variants: dict[str, Callable[[], None]],
+    rounds: int,
+    steps: int,
+    warmup: int = 2,
+    sync: Callable[[], None] | None = None,
+) -> dict[str, list[float]]:
+    """Wall-clock seconds of each call of each variant, the variants taking turns.
+
+    Each variant first runs `warmup` untimed calls; then, for `rounds` rounds, each variant runs
+    `steps` timed calls in turn, the order reversed every other round, so a machine whose speed
+    drifts slows all variants alike. `sync` (e.g. torch.cuda.synchronize) is called before and
+    after each timed call.
+    """
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            for _ in range(steps):
+                if sync:
+                    sync()
+                t0 = time.perf_counter()
+                variants[name]()
+                if sync:
+                    sync()
+                times[name].append(time.perf_counter() - t0)
+    return times
