@@ -171,3 +171,26 @@ def test_replayed_gradient_on_cuda_equals_the_cpu_plain_reverse_pass(arch):
     torch.testing.assert_close(out.logq.cpu(), ref.logq, rtol=0, atol=1e-9)
     for p, g_ref in zip(flow.parameters(), grads_ref, strict=True):
         torch.testing.assert_close(p.grad.cpu(), g_ref, rtol=0, atol=1e-9 * scale)
+
+
+def test_graph_walks_follow_the_replayed_conditioners():
+    """Table 3 counts the nodes a loss's backward runs: with replay that includes the
+    recorded conditioner graphs (each layer adds its replay node and its recorded features'
+    leaf to the plain reverse pass's graph), not only what hangs off the loss."""
+    from gaugeflow.measure.graph import count_graph_nodes, node_type_counts
+
+    L = 4
+    flow = _flow(L)
+    prior = UniformPrior(L, dtype=torch.float64)
+    z = prior.sample(2, torch.Generator().manual_seed(0))
+    action = SchwingerAction(beta=2.0, kappa=0.26)
+    replayed = reinforce(flow, prior, action.log_prob, z, replay=True).loss
+    plain = reinforce(flow, prior, action.log_prob, z, replay=False).loss
+    n_layers = len(flow.layers)
+    assert count_graph_nodes(replayed) == count_graph_nodes(plain) + 2 * n_layers
+    types, types_plain = node_type_counts(replayed), node_type_counts(plain)
+    assert types.pop("_ReplayBackward") == n_layers
+    assert types["AccumulateGrad"] == types_plain["AccumulateGrad"] + n_layers
+    assert {k: v for k, v in types.items() if k != "AccumulateGrad"} == {
+        k: v for k, v in types_plain.items() if k != "AccumulateGrad"
+    }

@@ -35,7 +35,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ConditionerTape", "conditioner_forward", "conditioner_reverse"]
+__all__ = [
+    "ConditionerTape",
+    "conditioner_forward",
+    "conditioner_reverse",
+    "replayed_graph_root",
+]
 
 
 @dataclass
@@ -74,6 +79,14 @@ class _Replay(torch.autograd.Function):
         g_features = grads.pop(0) if want_features else None
         g_weights = [grads.pop(0) if need else None for need in ctx.needs_input_grad[2:]]
         return (g_features, None, *g_weights)
+
+
+def replayed_graph_root(node) -> object | None:
+    """The recorded conditioner graph behind an autograd node of a replay (its root node), or
+    None for any other node: graph walks (gaugeflow.measure.graph) follow it, since backward
+    runs that graph too."""
+    entry = getattr(node, "entry", None) if isinstance(node, _Replay._backward_cls) else None
+    return entry.out.grad_fn if isinstance(entry, _Entry) else None
 
 
 class ConditionerTape:

@@ -2,7 +2,8 @@
 
 ``nodes`` = unique autograd nodes (``grad_fn`` objects, including the ``AccumulateGrad`` leaves
 of the parameters) reachable from the estimator's loss, found by an iterative walk over
-``next_functions`` (graphs deeper than the recursion limit are fine). ``node_types`` counts
+``next_functions`` (graphs deeper than the recursion limit are fine), into the conditioner
+graphs that REINFORCE's replay nodes run in their backward (gaugeflow.flows.replay). ``node_types`` counts
 them by type name. :mod:`gaugeflow.measure.fits` fits nodes = a L^2 + b over several L.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..flows.replay import replayed_graph_root
 from .setup import MeasureSetup, gradient_step, loss_call
 
 __all__ = [
@@ -44,7 +46,11 @@ def graph_nodes(root: torch.Tensor | Any) -> list[Any]:
     stack = [start]
     while stack:
         node = stack.pop()
-        for child, _ in node.next_functions:
+        children = [child for child, _ in node.next_functions]
+        # REINFORCE's replayed conditioners: their backward runs the graph recorded in the
+        # sampling pass, so it is part of what the loss's backward does
+        children.append(replayed_graph_root(node))
+        for child in children:
             if child is not None and child not in seen:
                 seen.add(child)
                 order.append(child)
