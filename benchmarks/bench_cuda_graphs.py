@@ -22,17 +22,17 @@ import argparse
 import copy
 import functools
 import itertools
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from machine import alternating_times  # benchmarks/machine.py
+from machine import alternating_times, speedup_summary  # benchmarks/machine.py
 from torch import nn
 
 from gaugeflow import estimators
 from gaugeflow.io import write_json
+from gaugeflow.physics.u1 import plaquette
 from gaugeflow.training.config import make_config
 from gaugeflow.training.step import TrainStep
 
@@ -57,8 +57,6 @@ def graph_conditioners(step: TrainStep) -> None:
         samples = []
         theta = z
         for layer in flow.layers:
-            from gaugeflow.physics.u1 import plaquette
-
             samples.append(layer.conditioner_features(theta, plaquette(theta)))
             theta, _ = layer(theta)
     modules = [_Conditioner(layer, dtype) for layer in flow.layers]
@@ -130,7 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.steps,
         sync=torch.cuda.synchronize,
     )
-    med = {k: statistics.median(v) for k, v in times.items()}
+    summary = speedup_summary(times, baseline="eager", candidate="graphs")
+    med = summary["median_seconds"]
     result = {
         "L": args.L,
         "batch_size": args.batch_size,
@@ -141,9 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         "capture_seconds": capture_s,
         "gradient_relative_difference": rel,
         "checks": checks,
-        "median_seconds": med,
-        "all_seconds": times,
-        "speedup": med["eager"] / med["graphs"],
+        **summary,
     }
     print(
         f"L={args.L} batch {args.batch_size}: eager {med['eager']:.4f} s, conditioners as "

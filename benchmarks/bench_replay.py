@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import statistics
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from machine import alternating_times  # benchmarks/machine.py
+from machine import alternating_times, speedup_summary  # benchmarks/machine.py
 
 from gaugeflow import estimators
 from gaugeflow.allocator import tune_allocator
@@ -75,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     times = alternating_times(
         {name: run_with(est) for name, est in variants.items()}, args.rounds, args.steps, sync=sync
     )
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    summary = speedup_summary(times, baseline="plain", candidate="replay")
+    medians = summary["median_seconds"]
     result = {
         "L": args.L,
         "batch_size": args.batch_size,
@@ -86,10 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
-        "median_seconds": medians,
-        "all_seconds": times,
-        "speedup": medians["plain"] / medians["replay"],
         "torch": torch.__version__,
+        **summary,
     }
     print(
         f"L={args.L} batch {args.batch_size} {args.layers}x{args.hidden} on {result['device_name']}: "
@@ -102,4 +99,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
 
-__all__ = ["alternating_times", "cpu_model", "git_state", "loadavg"]
+__all__ = ["alternating_times", "cpu_model", "git_state", "loadavg", "speedup_summary"]
 
 
 def cpu_model() -> str:
@@ -83,3 +84,13 @@ def alternating_times(
                     sync()
                 times[name].append(time.perf_counter() - t0)
     return times
+
+
+def speedup_summary(times: dict[str, list[float]], baseline: str, candidate: str) -> dict:
+    """Median seconds of each variant, every timing, and baseline median / candidate median."""
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "median_seconds": medians,
+        "all_seconds": times,
+        "speedup": medians[baseline] / medians[candidate],
+    }
