@@ -371,6 +371,47 @@ def test_cli_verbs_write_the_contracted_keys(tmp_path, capsys):
     assert float(load_npz(tmp_path / "c0.npz")["kappa"]) == 0.0
 
 
+def test_nis_from_a_chain_file_equals_drawing_the_proposals_again(tmp_path, capsys):
+    """`nis --chain` reads the proposals `sample` kept: the same numbers as `nis --model` with
+    the chain's seed, batch size and symmetrisation (the same draws), without sampling."""
+    import json
+
+    _, payload = _tiny_payload(L=4)
+    payload["action"] = {"beta": 2.0, "kappa": 0.276, "method": "eo", "assembly": "scatter"}
+    model = tmp_path / "model.pt"
+    torch.save(payload, model)
+    common = ("--model", str(model), "--n", "200", "--seed", "7", "--batch-size", "48")
+    chain = tmp_path / "chain.npz"
+    assert _cli("sample", *common, "--symmetrize", "P", "--out", str(chain)) == 0
+    assert _cli("nis", *common, "--symmetrize", "P", "--out", str(tmp_path / "m.json")) == 0
+    from gaugeflow.cli import main
+
+    assert main(["nis", "--chain", str(chain), "--out", str(tmp_path / "c.json")]) == 0
+    drawn = json.loads((tmp_path / "m.json").read_text())
+    kept = json.loads((tmp_path / "c.json").read_text())
+    for key in ("plaquette", "condensate", "sign", "topological_charge"):
+        assert kept[key] == drawn[key], key
+    for key in ("free_energy", "free_energy_error", "ess", "pareto_k", "n", "seed", "L"):
+        assert kept[key] == drawn[key], key
+    assert kept["symmetry"] == "P" and kept["chain"] == str(chain)
+    assert kept["config"] == drawn["config"]
+    # a chain's own proposals, not new ones: drawing options are refused, by name
+    capsys.readouterr()
+    argv = ["nis", "--chain", str(chain), "--seed", "3", "--out", str(tmp_path / "x.json")]
+    assert main(argv) == 2
+    assert "--seed" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+    # a chain file without the proposals' observables (an older one): named, nothing written
+    data = dict(np.load(chain))
+    del data["proposal_plaquette"]
+    old = tmp_path / "old.npz"
+    np.savez(old, **data)
+    assert main(["nis", "--chain", str(old), "--out", str(tmp_path / "y.json")]) == 2
+    err = capsys.readouterr().err
+    assert "proposal_plaquette" in err and str(old) in err and not (tmp_path / "y.json").exists()
+    assert main(["nis", "--model", str(model), "--out", str(tmp_path / "z.json")]) == 2
+    assert "--n" in capsys.readouterr().err
+
+
 def test_cli_reports_a_bad_chain_file_without_traceback(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     np.savez(bad, accepted=np.ones(10, dtype=bool))

@@ -49,6 +49,8 @@ __all__ = [
     "sample_model",
     "model_acceptance",
     "model_nis",
+    "nis_from_chain",
+    "PROPOSAL_PREFIX",
 ]
 
 #: Keys a model file (`gaugeflow.modelfile.ModelFile`) must hold.
@@ -56,6 +58,9 @@ MODEL_KEYS = REQUIRED_KEYS
 
 #: Observables recorded per step (keys of `physics.observables.measure`).
 OBSERVABLE_KEYS = ("plaquette", "condensate", "sign", "topological_charge")
+
+#: Prefix of a chain file's per-proposal arrays (``proposal_logq``, ``proposal_plaquette``, ...).
+PROPOSAL_PREFIX = "proposal_"
 
 
 @dataclass
@@ -375,8 +380,10 @@ def sample_model(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """An n-step independence Metropolis chain with a model's flow as proposal.
 
-    Besides the chain's arrays, ``proposal_logq`` / ``proposal_logp`` hold log q and log P of
-    the proposal made at each step, so that the chain file also yields an NIS free energy.
+    Besides the chain's arrays, ``proposal_logq`` / ``proposal_logp`` and
+    ``proposal_<observable>`` hold log q, log P and the observables of the proposal made at
+    each step: the n independent proposals the chain was offered, so that the chain file also
+    gives the NIS estimates (`nis_from_chain`) without drawing them again.
     """
     source, meta = open_model(
         path, seed, device, beta, kappa, with_observables=True, symmetry=symmetry
@@ -384,6 +391,8 @@ def sample_model(
     chain, offered = run_chain(source, n, np.random.default_rng(seed), batch_size, progress)
     chain["proposal_logq"] = offered.logq
     chain["proposal_logp"] = offered.logp
+    for key, values in offered.observables.items():
+        chain[PROPOSAL_PREFIX + key] = values
     return chain, meta
 
 
@@ -441,3 +450,39 @@ def model_nis(
     )
     props = draw_proposals(source, n, batch_size, progress)
     return {**nis_estimates(props.logq, props.logp, props.observables), **meta}
+
+
+def nis_from_chain(path: str | Path) -> dict[str, Any]:
+    """The NIS estimates of `model_nis` from the proposals a chain file (`sample_model`) keeps.
+
+    A chain's proposals are independent draws of the (symmetrised) flow, the same ones
+    `model_nis` draws with the same model, seed, batch size and device: the result is the
+    same, without a second pass through the flow and the fermion determinants. Metadata
+    (seed, model, beta, kappa, L, symmetry, config) come from the chain file.
+    """
+    from .analysis import nis_estimates
+    from .io import load_npz
+
+    keys = tuple(PROPOSAL_PREFIX + k for k in ("logq", "logp", *OBSERVABLE_KEYS))
+    try:
+        data = load_npz(path, keys=keys, what="chain file")
+    except UserError as exc:
+        raise UserError(
+            f"{exc}. Chain files written before the proposals' observables were kept cannot "
+            f"give NIS estimates: run `gaugeflow sample` again, or `gaugeflow nis --model`"
+        ) from None
+    lengths = {k: data[k].shape for k in keys}
+    if len(set(lengths.values())) != 1 or len(data[keys[0]].shape) != 1:
+        raise UserError(
+            f"chain file {path}: proposal arrays must be 1-d of one length; got {lengths}"
+        )
+    observables = {k: data[PROPOSAL_PREFIX + k] for k in OBSERVABLE_KEYS}
+    result = nis_estimates(data[keys[0]], data[keys[1]], observables)
+    for key, value in data.items():
+        if value.ndim == 0 and key not in result:
+            item = value.item()
+            if key == "config" and isinstance(item, str):
+                item = json.loads(item)
+            result[key] = item
+    result["chain"] = str(path)
+    return result

@@ -1,5 +1,5 @@
 # The final model of a chosen run -> NMCMC chain -> autocorrelation analysis (Figs. 3, 5);
-# the same model -> neural importance sampling (free energy, quoted in the text).
+# the chain's proposals -> neural importance sampling (free energy, quoted in the text).
 
 
 rule sample:
@@ -53,28 +53,21 @@ rule analyze:
 
 
 rule nis:
+    # the chain file keeps every proposal it was offered (independent draws of the flow):
+    # NIS reads them instead of drawing the same proposals a second time
     input:
-        model=chain_model,
+        chain="results/runs/chains/{fig}/chain.npz",
     output:
         "results/runs/chains/{fig}/nis.json",
-    params:
-        n=chain_length,
-        seed=chain_seed,
-        symmetry=chain_symmetry,
-        batch=config["chains"]["batch_size"],
-        device=config["device"],
     log:
         "results/logs/nis/{fig}.log",
     benchmark:
         "results/benchmarks/nis/{fig}.tsv"
-    threads: res("sample", "threads")
+    threads: 1
     resources:
-        mem_mb=res("sample", "mem_mb"),
-        runtime=res("sample", "runtime"),
-        gpu=gpus("sample"),
+        mem_mb=res("report", "mem_mb"),
+        runtime=res("report", "runtime"),
     conda:
         ENV
     shell:
-        "gaugeflow nis --model {input.model} --n {params.n} --seed {params.seed}"
-        " --batch-size {params.batch} --device {params.device} --no-progress --out {output}"
-        " --symmetrize '{params.symmetry}' > {log} 2>&1"
+        "gaugeflow nis --chain {input.chain} --out {output} > {log} 2>&1"

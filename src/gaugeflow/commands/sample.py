@@ -27,11 +27,24 @@ CHAIN_ARRAYS = (
 )
 
 
-def _add_model_args(p: argparse.ArgumentParser, n_default: int | None) -> None:
-    p.add_argument("--model", required=True, help="model file written by `gaugeflow train`")
-    if n_default is None:
+def _add_model_args(p: argparse.ArgumentParser, n_default: int | None, nis: bool = False) -> None:
+    if nis:
+        source = p.add_mutually_exclusive_group(required=True)
+        source.add_argument("--model", help="model file written by `gaugeflow train`")
+        source.add_argument(
+            "--chain",
+            help="chain file written by `gaugeflow sample`: estimate from the proposals it "
+            "was offered (independent draws; no new sampling; --n, --seed, --symmetrize etc. "
+            "are the chain's)",
+        )
+        p.add_argument(
+            "--n", type=_positive_int, default=None, help="number of proposals (with --model)"
+        )
+    elif n_default is None:
+        p.add_argument("--model", required=True, help="model file written by `gaugeflow train`")
         p.add_argument("--n", type=_positive_int, required=True, help="number of proposals")
     else:
+        p.add_argument("--model", required=True, help="model file written by `gaugeflow train`")
         p.add_argument(
             "--n", type=_positive_int, default=n_default, help=f"chain length (default {n_default})"
         )
@@ -132,11 +145,36 @@ def _run_acceptance(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_nis(args: argparse.Namespace) -> int:
-    from ..sampling import model_nis
+#: Options of `nis` that only apply when it draws proposals (--model), with their defaults.
+_DRAW_OPTIONS = {
+    "n": None,
+    "seed": 0,
+    "batch_size": 256,
+    "device": "auto",
+    "beta": None,
+    "kappa": None,
+    "symmetrize": "none",
+}
 
-    configure_threads()
-    result = model_nis(args.model, **_model_kwargs(args))
+
+def _run_nis(args: argparse.Namespace) -> int:
+    from ..sampling import model_nis, nis_from_chain
+
+    if args.chain is not None:
+        given = [
+            "--" + k.replace("_", "-") for k, v in _DRAW_OPTIONS.items() if getattr(args, k) != v
+        ]
+        if given:
+            raise UserError(
+                f"nis --chain {args.chain} reuses the chain's proposals; {', '.join(given)} only "
+                "apply when drawing new ones with --model"
+            )
+        result = nis_from_chain(args.chain)
+    else:
+        if args.n is None:
+            raise UserError("nis --model needs --n (the number of proposals to draw)")
+        configure_threads()
+        result = model_nis(args.model, **_model_kwargs(args))
     write_json(args.out, result)
     print(
         f"F = {_fmt(result['free_energy'], result['free_energy_error'])}, "
@@ -202,13 +240,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "nis",
         help="neural importance sampling: free energy, ESS, reweighted observables",
-        description="Draw --n independent proposals; write free_energy (F = -log Z, Lebesgue "
+        description="Draw --n independent proposals (--model), or take those a chain file "
+        "keeps (--chain: the same numbers as --model with the chain's seed, batch size and "
+        "symmetrisation, without sampling again); write free_energy (F = -log Z, Lebesgue "
         "measure), free_energy_error, ess (fraction), ess_count, reweighted plaquette, "
         "condensate, sign, topological_charge as {mean, error}, and the PSIS verdict: "
         "pareto_k, pareto_k_threshold = min(1 - 1/log10 N, 0.7), psis_log_z(_error), "
         "reliable (k-hat <= threshold) and reason.",
     )
-    _add_model_args(p, n_default=None)
+    _add_model_args(p, n_default=None, nis=True)
     p.set_defaults(func=_run_nis)
 
     p = subparsers.add_parser(
