@@ -188,11 +188,20 @@ def test_last_convolution_at_the_sites_matches_the_full_one(padded_buffer, gemm_
     assert nets._coset_view(nets._pad_into(torch.randn(2, 3, L, L), 3), 1, 1, 4) is None
 
 
+@pytest.mark.parametrize("flat", [False, True], ids=["per-sample-index", "flat-rows"])
 @pytest.mark.parametrize("L, kernel, dilation", [(4, 3, 1), (8, 3, 3), (8, 5, 2), (12, 3, 2)])
-def test_gather_conv_is_the_circular_convolution_and_its_gradient(L, kernel, dilation):
+def test_gather_conv_is_the_circular_convolution_and_its_gradient(
+    L, kernel, dilation, flat, monkeypatch
+):
     """`gather_conv` against F.pad(mode='circular') + F.conv2d (+ leaky_relu before), on the
-    whole lattice and at a coset of sites, values and all first derivatives, in float64."""
+    whole lattice and at a coset of sites, values and all first derivatives, in float64; with
+    the taps gathered per sample and through one flat row matrix (chosen by size and threads,
+    forced here)."""
+    from gaugeflow.flows import conv_gather
     from gaugeflow.flows.conv_gather import gather_conv, tap_index
+
+    calls = []
+    monkeypatch.setattr(conv_gather, "_flat", lambda *shape: calls.append(shape) or flat)
 
     gen = torch.Generator().manual_seed(L + kernel + dilation)
     x = torch.randn(3, 4, L, L, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -218,6 +227,17 @@ def test_gather_conv_is_the_circular_convolution_and_its_gradient(L, kernel, dil
             want = torch.autograd.grad(out_ref, (x, weight, bias), g, retain_graph=True)
             for a_, b_ in zip(got, want, strict=True):
                 torch.testing.assert_close(a_, b_, rtol=0, atol=1e-11)
+    assert calls  # the path under test was the one taken
+
+
+def test_flat_gather_only_with_threads_and_size(monkeypatch):
+    from gaugeflow.flows import conv_gather
+
+    big = (64, 576, 64)  # L = 16, batch 64, the active sites' 9 taps, 64 channels
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert conv_gather._flat(*big) and not conv_gather._flat(128, 36, 16)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert not conv_gather._flat(*big)
 
 
 def test_tap_index_wraps_around_the_torus():

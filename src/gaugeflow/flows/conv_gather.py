@@ -66,6 +66,47 @@ def _channels_last_rows(a: torch.Tensor) -> torch.Tensor:
     return a.permute(0, 2, 3, 1).reshape(a.shape[0], a.shape[2] * a.shape[3], a.shape[1])
 
 
+#: fewest gathered elements (batch x taps read x channels) for which `_gather_rows` indexes
+#: one flat row matrix (with more than one thread), see there
+FLAT_GATHER_MIN = 2**19
+
+
+def _flat(batch: int, n_taps: int, channels: int) -> bool:
+    """Whether to gather through one flat row matrix: with more than one thread and at least
+    `FLAT_GATHER_MIN` elements (2 threads, L = 16, 64 channels, batch 64: select 1.9x and add
+    2.1x faster; with one thread, or on the small lattices of the CPU demo, the per-sample
+    index is faster; benchmarks/RESULTS.md, session 12)."""
+    return torch.get_num_threads() > 1 and batch * n_taps * channels >= FLAT_GATHER_MIN
+
+
+def _batch_index(index: torch.Tensor, batch: int, n_rows: int) -> torch.Tensor:
+    """`index` into each sample's rows -> one index into the [batch * n_rows, C] row matrix:
+    the same rows in the same order (``index_add_`` still adds each output row's taps in
+    index order)."""
+    offsets = torch.arange(0, batch * n_rows, n_rows, device=index.device)
+    return (offsets[:, None] + index[None, :]).flatten()
+
+
+def _gather_rows(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``rows.index_select(1, index)`` for [B, n_rows, C] rows: [B, len(index), C]."""
+    batch, n_rows, channels = rows.shape
+    if _flat(batch, index.numel(), channels):
+        flat = _batch_index(index, batch, n_rows)
+        return rows.reshape(-1, channels).index_select(0, flat).view(batch, -1, channels)
+    return rows.index_select(1, index)
+
+
+def _scatter_rows(like: torch.Tensor, index: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Adjoint of `_gather_rows`: zeros shaped like `like` [B, n_rows, C] with the tap rows
+    `taps` [B, len(index), C] added at `index`."""
+    batch, n_rows, channels = like.shape
+    if _flat(batch, index.numel(), channels):
+        flat = _batch_index(index, batch, n_rows)
+        out = like.new_zeros(batch * n_rows, channels)
+        return out.index_add_(0, flat, taps.reshape(-1, channels)).view(batch, n_rows, channels)
+    return torch.zeros_like(like).index_add_(1, index, taps)
+
+
 def _weight_matrix(weight: torch.Tensor) -> torch.Tensor:
     """[C_out, C_in, k, k] -> [C_out, k * k * C_in], taps outer, channels inner."""
     c_out, c_in, kh, kw = weight.shape
@@ -87,7 +128,7 @@ class _GatherConv(torch.autograd.Function):
         batch, c_out = x.shape[0], weight.shape[0]
         taps = weight.shape[2] * weight.shape[3]
         n_sites = index.numel() // taps
-        cols = rows.index_select(1, index).view(batch * n_sites, -1)
+        cols = _gather_rows(rows, index).view(batch * n_sites, -1)
         wm = _weight_matrix(weight).t()
         y = cols @ wm if bias is None else torch.addmm(bias, cols, wm)
         ctx.save_for_backward(rows, weight, index)
@@ -106,16 +147,16 @@ class _GatherConv(torch.autograd.Function):
             grad = grad.permute(0, 2, 3, 1)
         g = grad.reshape(-1, c_out)
         gx = gw = gb = None
+        batch = rows.shape[0]
         if ctx.needs_input_grad[1]:
-            cols = rows.index_select(1, index).view(g.shape[0], -1)
+            cols = _gather_rows(rows, index).view(g.shape[0], -1)
             kh, kw = weight.shape[2], weight.shape[3]
             gw = (g.t() @ cols).view(c_out, kh, kw, c_in).permute(0, 3, 1, 2).contiguous()
         if ctx.needs_input_grad[2] and ctx.has_bias:
             gb = g.sum(dim=0)
         if ctx.needs_input_grad[0]:
-            batch = rows.shape[0]
             tap_grads = (g @ _weight_matrix(weight)).view(batch, -1, c_in)
-            g_rows = torch.zeros_like(rows).index_add_(1, index, tap_grads)
+            g_rows = _scatter_rows(rows, index, tap_grads)
             if ctx.slope is not None:  # from the output: positive exactly where the input is
                 g_rows = torch.ops.aten.leaky_relu_backward(g_rows, rows, ctx.slope, True)
             L_h, L_w = ctx.lattice
