@@ -325,7 +325,7 @@ def test_charge_symmetric_architecture_reaches_every_training_job(tmp_path):
 
 def test_config_yaml_is_the_default_and_never_leaks_into_another_config(tmp_path):
     """Plain `snakemake` reads config.yaml (through the workflow profile); --configfile
-    replaces it: none of its keys (the L = 8 warm start, RE's 2400 steps, amp_steps, the
+    replaces it: none of its keys (the L = 8 warm start and learning rate, amp_steps, the
     cosine schedule, the holonomy layers) reach the paper's runs."""
     default = snakemake("-n", "-p", "--cores", "2", workdir=tmp_path / "a")
     assert default.returncode == 0, default.stderr[-3000:]
@@ -333,6 +333,10 @@ def test_config_yaml_is_the_default_and_never_leaks_into_another_config(tmp_path
     ours = yaml.safe_load((REPO / "config.yaml").read_text())["training"]
     large = runs[f"results/runs/train/large/L{ours['large']['L']}-reinforce-fp32-s1/model.pt"]
     assert "--init-from" in large and "--lr-schedule cosine" in large
+    # a group's lr overrides training.lr for that group's runs only
+    assert f"--lr {ours['large']['lr']} " in large and ours["large"]["lr"] != ours["lr"]
+    main_re = runs[f"results/runs/train/main/L{ours['main']['L']}-reinforce-fp32-s1/model.pt"]
+    assert f"--lr {ours['lr']} " in main_re
     paper = snakemake(
         "-n", "-p", "--cores", "2", "--configfile", "config/paper.yaml", workdir=tmp_path / "b"
     )

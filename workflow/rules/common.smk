@@ -291,7 +291,7 @@ def train_flags(wildcards):
         f"--steps {steps}",
         f"--batch-size {g['batch_size']}",
         f"--n-batches {g['n_batches']}",
-        f"--lr {t['lr']}",
+        f"--lr {g.get('lr', t['lr'])}",
         f"--lr-schedule {lr_schedule(wildcards.group)}",
         f"--assembly {t['assembly']}",
         f"--checkpoint-every {t['checkpoint_every']}",
