@@ -50,6 +50,7 @@ __all__ = [
     "model_acceptance",
     "model_nis",
     "nis_from_chain",
+    "chain_scalars",
     "PROPOSAL_PREFIX",
 ]
 
@@ -389,11 +390,26 @@ def sample_model(
         path, seed, device, beta, kappa, with_observables=True, symmetry=symmetry
     )
     chain, offered = run_chain(source, n, np.random.default_rng(seed), batch_size, progress)
-    chain["proposal_logq"] = offered.logq
-    chain["proposal_logp"] = offered.logp
-    for key, values in offered.observables.items():
+    proposals = {"logq": offered.logq, "logp": offered.logp, **offered.observables}
+    for key, values in proposals.items():
         chain[PROPOSAL_PREFIX + key] = values
     return chain, meta
+
+
+def chain_scalars(data: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The scalar metadata of a loaded chain file (`save_chain`), JSON strings decoded."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if value.ndim:
+            continue
+        item = value.item()
+        if isinstance(item, str):
+            try:
+                item = json.loads(item)
+            except json.JSONDecodeError:
+                pass
+        out[key] = item
+    return out
 
 
 def model_acceptance(
@@ -478,11 +494,6 @@ def nis_from_chain(path: str | Path) -> dict[str, Any]:
         )
     observables = {k: data[PROPOSAL_PREFIX + k] for k in OBSERVABLE_KEYS}
     result = nis_estimates(data[keys[0]], data[keys[1]], observables)
-    for key, value in data.items():
-        if value.ndim == 0 and key not in result:
-            item = value.item()
-            if key == "config" and isinstance(item, str):
-                item = json.loads(item)
-            result[key] = item
+    result.update({k: v for k, v in chain_scalars(data).items() if k not in result})
     result["chain"] = str(path)
     return result

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
-
-import numpy as np
 
 from ..errors import UserError
 from ..io import load_npz, write_json
@@ -184,18 +181,9 @@ def _run_nis(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scalar(value: np.ndarray) -> Any:
-    item = value.item()
-    if isinstance(item, str):
-        try:
-            return json.loads(item)
-        except json.JSONDecodeError:
-            return item
-    return item
-
-
 def _run_analyze(args: argparse.Namespace) -> int:
     from ..analysis import analyze_chain
+    from ..sampling import chain_scalars
 
     data = load_npz(args.chain, keys=CHAIN_ARRAYS, what="chain file")
     lengths = {k: data[k].shape for k in CHAIN_ARRAYS}
@@ -204,9 +192,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     result = analyze_chain(data, S=args.S, bridge_threshold=args.bridge_threshold)
     result["chain"] = str(args.chain)
     result["S"] = args.S
-    for key, value in data.items():
-        if value.ndim == 0 and key not in result:
-            result[key] = _scalar(value)
+    result.update({k: v for k, v in chain_scalars(data).items() if k not in result})
     write_json(args.out, result)
     cond = result["condensate"]
     print(
