@@ -142,16 +142,8 @@ def _run_acceptance(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Options of `nis` that only apply when it draws proposals (--model), with their defaults.
-_DRAW_OPTIONS = {
-    "n": None,
-    "seed": 0,
-    "batch_size": 256,
-    "device": "auto",
-    "beta": None,
-    "kappa": None,
-    "symmetrize": "none",
-}
+#: Options of `nis` that only apply when it draws proposals (--model).
+_DRAW_OPTIONS = ("n", "seed", "batch_size", "device", "beta", "kappa", "symmetrize")
 
 
 def _run_nis(args: argparse.Namespace) -> int:
@@ -159,7 +151,9 @@ def _run_nis(args: argparse.Namespace) -> int:
 
     if args.chain is not None:
         given = [
-            "--" + k.replace("_", "-") for k, v in _DRAW_OPTIONS.items() if getattr(args, k) != v
+            "--" + k.replace("_", "-")
+            for k, default in args.draw_defaults.items()
+            if getattr(args, k) != default
         ]
         if given:
             raise UserError(
@@ -235,7 +229,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "reliable (k-hat <= threshold) and reason.",
     )
     _add_model_args(p, n_default=None, nis=True)
-    p.set_defaults(func=_run_nis)
+    # the parser's own defaults tell which drawing options were given with --chain
+    p.set_defaults(func=_run_nis, draw_defaults={k: p.get_default(k) for k in _DRAW_OPTIONS})
 
     p = subparsers.add_parser(
         "analyze",
