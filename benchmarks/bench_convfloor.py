@@ -29,6 +29,9 @@ the others in every round (A/B under the same load): ``new`` (all on, the defaul
     python benchmarks/bench_convfloor.py --L 16 --estimators reinforce --variants new ref \
         no-active_last no-padded_buffer no-gemm_first --repeats 5
     python benchmarks/bench_convfloor.py --L 8 --n-layers 8 --repeats 1 --profile
+    # the default run's flow (config.yaml) at its batch, one thread per job as in make paper
+    python benchmarks/bench_convfloor.py --L 4 8 --n-layers 16 --hidden 16 --holonomy \
+        --charge-symmetric --batch-size 128 --threads 1 --variants new no-swapped_backward
 
 On a machine of its own, leave OMP_WAIT_POLICY unset (libgomp's threads spin a while
 before they sleep): with PASSIVE every parallel region of a step wakes sleeping threads, which
@@ -188,7 +191,12 @@ class Setup:
                 "device": "cpu",
                 "dtype": "float32",
                 "seed": args.seed,
-                "flow": {"n_layers": args.n_layers, "hidden_channels": args.hidden},
+                "flow": {
+                    "n_layers": args.n_layers,
+                    "hidden_channels": args.hidden,
+                    "holonomy": args.holonomy,
+                    "charge_symmetric": args.charge_symmetric,
+                },
             }
         )
         torch.manual_seed(config["seed"])
@@ -420,6 +428,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--n-layers", type=int, default=48)
     p.add_argument("--hidden", type=int, default=64)
+    p.add_argument(
+        "--holonomy", action="store_true", help="add the holonomy layers (the default run's flow)"
+    )
+    p.add_argument(
+        "--charge-symmetric",
+        action="store_true",
+        help="charge-conjugation equivariant layers (the default run's flow)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", action="store_true", help="profile one step per estimator")

@@ -27,6 +27,7 @@ SWITCHES = (
     "gemm_last",
     "gather_last",
     "gather_first",
+    "swapped_backward",
 )
 
 
@@ -250,6 +251,75 @@ def test_tap_index_wraps_around_the_torus():
     assert tap_index(4, 3, 2).view(16, 3, 3)[5].tolist() == [[15, 13, 15], [7, 5, 7], [15, 13, 15]]
     with pytest.raises(ValueError, match="odd kernel"):
         tap_index(4, 2, 1)
+
+
+@pytest.mark.parametrize("slope", [None, 0.01])
+@pytest.mark.parametrize(
+    "L, c_in, c_out, kernel, dilation",
+    [(4, 3, 5, 3, 1), (8, 4, 4, 3, 2), (12, 5, 3, 3, 3), (8, 2, 3, 5, 1)],
+)
+def test_swapped_backward_is_the_circular_convolution_gradient(
+    L, c_in, c_out, kernel, dilation, slope
+):
+    """`swapped_backward` (input gradient by the flipped kernel, weight gradient by the
+    batch/channel-swapped convolution) against autograd through F.pad(mode='circular') +
+    F.conv2d (+ leaky_relu before): every first derivative, float64, through the
+    conditioner's own `_CircularConv2d`, with and without the padded buffer kept."""
+    from gaugeflow.flows import conv_ops
+
+    torch.manual_seed(L + kernel + dilation)
+    pad = dilation * (kernel - 1) // 2
+    x = torch.randn(3, c_in, L, L, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(c_out, c_in, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(c_out, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(3, c_out, L, L, dtype=torch.float64)
+    a = x if slope is None else F.leaky_relu(x, slope)
+    ref = F.conv2d(F.pad(a, (pad,) * 4, mode="circular"), w, b, dilation=dilation)
+    expected = torch.autograd.grad((ref * up).sum(), (x, w, b))
+    used = []
+    real = conv_ops._swapped_conv_backward
+
+    def spy(*args):
+        used.append(True)
+        return real(*args)
+
+    for keep_padded in (True, False):
+        used.clear()
+        with conv_options(all=False, swapped_backward=True, padded_buffer=keep_padded):
+            conv_ops._swapped_conv_backward = spy
+            try:
+                y = conv_ops._CircularConv2d.apply(x, w, b, pad, dilation, slope, None, False)
+                got = torch.autograd.grad((y * up).sum(), (x, w, b))
+            finally:
+                conv_ops._swapped_conv_backward = real
+        assert used, "the swapped backward was not taken"
+        torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e, rtol=0, atol=1e-11)
+    # only the weight (the first layer's features need no gradient): the other grads skipped
+    xd = x.detach()
+    with conv_options(all=False, swapped_backward=True):
+        y = conv_ops._CircularConv2d.apply(xd, w, None, pad, dilation, slope, None, False)
+        (gw,) = torch.autograd.grad((y * up).sum(), (w,))
+    torch.testing.assert_close(gw, expected[1], rtol=0, atol=1e-11)
+
+
+def test_swapped_backward_rule():
+    """Taken on the CPU for "same" odd square kernels up to SWAPPED_BACKWARD_MAX output sites
+    per batch; not for other paddings, even kernels, larger batches, or with the switch off."""
+    from gaugeflow.flows.conv_ops import _swapped_backward
+    from gaugeflow.flows.conv_options import SWAPPED_BACKWARD_MAX
+
+    opts = ConvOptions()
+    w = torch.zeros(4, 4, 3, 3)
+    x = torch.zeros(SWAPPED_BACKWARD_MAX // 64, 4, 8, 8)
+    assert _swapped_backward(opts, x, w, 2, 2)
+    assert not _swapped_backward(opts, torch.zeros(x.shape[0] + 1, 4, 8, 8), w, 2, 2)
+    assert not _swapped_backward(opts, x, w, 1, 2)  # padding other than "same"
+    assert not _swapped_backward(opts, x, torch.zeros(4, 4, 2, 2), 1, 1)  # even kernel
+    assert not _swapped_backward(opts, x, torch.zeros(4, 4, 3, 5), 2, 1)  # not square
+    with conv_options(swapped_backward=False) as off:
+        assert not _swapped_backward(off, x, w, 2, 2)
 
 
 def test_conv_options_names_unknown_switches():

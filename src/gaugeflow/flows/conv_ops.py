@@ -18,8 +18,9 @@ from .conv_gemm import (
     _gemm_sites_backward,
     _layout,
     _scatter_sites,
+    _swapped_conv_backward,
 )
-from .conv_options import GEMM_SITES_MAX_L, Sites, current_options
+from .conv_options import GEMM_SITES_MAX_L, SWAPPED_BACKWARD_MAX, Sites, current_options
 
 __all__ = ["circular_pad", "leaky_relu_circular_pad"]
 
@@ -226,6 +227,22 @@ class _LeakyReLUCircularPad(torch.autograd.Function):
         return _leaky_relu_grad(g, center, ctx.slope), None, None
 
 
+def _swapped_backward(opts, x: torch.Tensor, weight: torch.Tensor, pad: int, dilation: int) -> bool:
+    """Whether `_CircularConv2d`'s backward of the whole lattice uses
+    `conv_gemm._swapped_conv_backward` (``swapped_backward``): on the CPU, for an odd square
+    kernel with "same" padding, at most ``SWAPPED_BACKWARD_MAX`` output sites per batch."""
+    k = weight.shape[-1]
+    return (
+        opts.swapped_backward
+        and x.device.type == "cpu"
+        and x.dim() == 4
+        and weight.shape[-2] == k
+        and k % 2 == 1
+        and 2 * pad == dilation * (k - 1)
+        and x.shape[0] * x.shape[-2] * x.shape[-1] <= SWAPPED_BACKWARD_MAX
+    )
+
+
 class _CircularConv2d(torch.autograd.Function):
     """[leaky_relu,] circular padding and a convolution, [evaluated at `sites` only].
 
@@ -255,6 +272,9 @@ class _CircularConv2d(torch.autograd.Function):
         ctx.pad, ctx.dilation, ctx.slope, ctx.has_bias = pad, dilation, slope, bias is not None
         ctx.sites, ctx.gemm, ctx.keep_padded = sites, gemm, keep_padded
         ctx.gemm_sites = sites is not None and opts.gemm_last
+        ctx.swapped = (
+            sites is None and not gemm and _swapped_backward(opts, x, weight, pad, dilation)
+        )
         ctx.save_for_backward(padded if keep_padded else a, weight)
         return y
 
@@ -276,6 +296,10 @@ class _CircularConv2d(torch.autograd.Function):
             folded = False
         elif ctx.gemm:
             gx, gw, gb = _gemm_conv_backward(grad, padded, weight, ctx.dilation, pad, mask)
+            folded = True
+        elif ctx.swapped:
+            grad = grad.contiguous(memory_format=_layout(padded))
+            gx, gw, gb = _swapped_conv_backward(grad, padded, weight, ctx.dilation, pad, mask)
             folded = True
         else:
             w = weight.contiguous(memory_format=_layout(padded))

@@ -8,7 +8,14 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-__all__ = ["GEMM_SITES_MAX_L", "ConvOptions", "Sites", "conv_options", "current_options"]
+__all__ = [
+    "GEMM_SITES_MAX_L",
+    "SWAPPED_BACKWARD_MAX",
+    "ConvOptions",
+    "Sites",
+    "conv_options",
+    "current_options",
+]
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,12 @@ class ConvOptions:
       padded buffer, no per-tap loops, forward or backward; before the gemm paths above.
     - ``gather_first``: on lattices up to ``conv_gather.GATHER_FULL_MAX_L`` the first
       convolution likewise, on every site.
+    - ``swapped_backward``: the backward of a dense hidden convolution (CPU, "same" padding,
+      at most ``SWAPPED_BACKWARD_MAX`` output sites per batch) as two forward convolutions:
+      the input gradient is the circular convolution of the output gradient with the flipped,
+      transposed kernel (no padded gradient to fold), the weight gradient a convolution of the
+      input with its batch and channel axes swapped, stride = dilation (oneDNN's weight
+      gradient runs at about half its forward speed here; benchmarks/RESULTS.md, session 13).
     """
 
     active_last: bool = True
@@ -47,10 +60,17 @@ class ConvOptions:
     gemm_last_small: bool = True
     gather_last: bool = True
     gather_first: bool = True
+    swapped_backward: bool = True
 
 
 #: largest lattice on which ``gemm_last_small`` applies
 GEMM_SITES_MAX_L = 8
+
+#: most output sites per batch (batch x L x L) for which ``swapped_backward`` applies: up to
+#: there it was 1.1-2.2x faster than oneDNN's backward at 16, 32 and 64 channels, 1 and 2
+#: threads (L = 16, batch 64, 64 channels, 2 threads: 25 -> 20 ms); beyond it (batch 256 at
+#: L = 12 and 16) it was 0.86-1.24x (benchmarks/RESULTS.md, session 13)
+SWAPPED_BACKWARD_MAX = 2**15
 
 _OPTIONS = ConvOptions()
 
