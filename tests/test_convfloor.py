@@ -8,6 +8,8 @@ numbers beyond float64 rounding fails these tests.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -326,3 +328,25 @@ def test_conv_options_names_unknown_switches():
     with pytest.raises(ValueError, match="unknown conv option"):
         with conv_options(fast=True):
             pass
+
+
+def test_conv_backward_benchmark_compares_equal_gradients(tmp_path):
+    """benchmarks/bench_conv_backward.py times the same gradients both ways (float32
+    rounding apart), states the rule's choice per shape, writes its JSON, refuses bad sizes."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_conv_backward
+
+    row = bench_conv_backward.time_shape(channels=4, L=4, batch=3, dilation=2, rounds=1)
+    assert row["max_abs_difference"] < 1e-4
+    assert row["rule_takes_swapped"] and row["onednn_ms"] > 0 and row["swapped_ms"] > 0
+    out = tmp_path / "rows.json"
+    bench_conv_backward.main(
+        ["--channels", "4", "--L", "4", "--batch", "2", "--threads", "1", "--rounds", "1",
+         "--json", str(out)]
+    )  # fmt: skip
+    assert len(json.loads(out.read_text())["rows"]) == 1
+    with pytest.raises(SystemExit):
+        bench_conv_backward.main(["--L", "0"])

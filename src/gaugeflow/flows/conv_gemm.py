@@ -1,15 +1,13 @@
-"""Convolution backward passes as matrix products on im2col matrices or as forward
-convolutions (issue 18), and the memory layout the conditioner's convolutions use.
+"""Convolution backward passes as matrix products on im2col matrices (issue 18), and the
+memory layout the conditioner's convolutions use.
 
 Used by `conv_ops._CircularConv2d` where oneDNN's convolution backward is slow: the first
-convolution (few input channels) and the last one at the active sites only (matrix
-products), the dense hidden convolutions (`_swapped_conv_backward`).
+convolution (few input channels) and the last one at the active sites only.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .conv_options import Sites
 
@@ -74,45 +72,6 @@ def _gemm_conv_backward(
                 )
                 acc = shifted if acc is None else acc.add_(shifted)
         gx = acc.permute(0, 3, 1, 2)  # type: ignore[union-attr]
-    return gx, gw, gb
-
-
-def _swapped_conv_backward(
-    grad: torch.Tensor,
-    padded: torch.Tensor,
-    weight: torch.Tensor,
-    dilation: int,
-    pad: int,
-    mask: tuple[bool, bool, bool],
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Backward of the circular "same" convolution (``pad = dilation (k - 1) / 2``) as two
-    forward convolutions, which oneDNN runs faster than its own backward on the CPU.
-
-    Returns (grad of the *unpadded* input, grad of weight, grad of bias).
-
-    - Input: out(y) reads x((y + d (t - c)) mod L) with tap t and c = (k - 1) / 2, so
-      gx(s) = sum_t g(s - d (t - c)) W_t^T: the circular convolution of the gradient (padded
-      by `pad` like the input) with the kernel flipped in both axes and its channels
-      transposed. It comes out unpadded: no fold.
-    - Weight: gW[o, i, t] = sum_{b, y} g[b, o, y] xpad[b, i, y + d t], a convolution of the
-      padded input with batch and channels swapped ([C_in, B, H, W]) by the gradient as the
-      kernel ([C_out, B, L, L]) at stride d: output [C_in, C_out, k, k]. Both swapped tensors
-      are plain (NCHW) copies; for those the swapped convolution ran faster than channels-last
-      in every case measured (benchmarks/RESULTS.md, session 13).
-    """
-    need_x, need_w, need_b = mask
-    gx = gw = gb = None
-    if need_x:
-        from .conv_ops import _pad_into  # conv_ops imports this module
-
-        flipped = weight.flip(2, 3).transpose(0, 1).contiguous(memory_format=_layout(padded))
-        gx = F.conv2d(_pad_into(grad, pad), flipped, None, 1, 0, dilation)
-    if need_w:
-        x_swapped = padded.transpose(0, 1).contiguous()
-        g_swapped = grad.transpose(0, 1).contiguous()
-        gw = F.conv2d(x_swapped, g_swapped, None, dilation).transpose(0, 1).contiguous()
-    if need_b:
-        gb = grad.sum(dim=(0, 2, 3))
     return gx, gw, gb
 
 

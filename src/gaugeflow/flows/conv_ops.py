@@ -18,7 +18,6 @@ from .conv_gemm import (
     _gemm_sites_backward,
     _layout,
     _scatter_sites,
-    _swapped_conv_backward,
 )
 from .conv_options import GEMM_SITES_MAX_L, SWAPPED_BACKWARD_MAX, Sites, current_options
 
@@ -227,9 +226,47 @@ class _LeakyReLUCircularPad(torch.autograd.Function):
         return _leaky_relu_grad(g, center, ctx.slope), None, None
 
 
+def _swapped_conv_backward(
+    grad: torch.Tensor,
+    padded: torch.Tensor,
+    weight: torch.Tensor,
+    dilation: int,
+    pad: int,
+    mask: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Backward of the circular "same" convolution (``pad = dilation (k - 1) / 2``) as two
+    forward convolutions, which oneDNN ran faster than its own backward on the CPU up to
+    ``SWAPPED_BACKWARD_MAX`` output sites per batch (benchmarks/bench_conv_backward.py).
+
+    Returns (grad of the *unpadded* input, grad of weight, grad of bias).
+
+    - Input: out(y) reads x((y + d (t - c)) mod L) with tap t and c = (k - 1) / 2, so
+      gx(s) = sum_t g(s - d (t - c)) W_t^T: the circular convolution of the gradient (padded
+      by `pad` like the input) with the kernel flipped in both axes and its channels
+      transposed. It comes out unpadded: no fold.
+    - Weight: gW[o, i, t] = sum_{b, y} g[b, o, y] xpad[b, i, y + d t], a convolution of the
+      padded input with batch and channels swapped ([C_in, B, H, W]) by the gradient as the
+      kernel ([C_out, B, L, L]) at stride d: output [C_in, C_out, k, k]. Both swapped tensors
+      are plain (NCHW) copies: faster than channels-last ones in 36 of 40 shapes measured
+      (benchmarks/RESULTS.md, session 13).
+    """
+    need_x, need_w, need_b = mask
+    gx = gw = gb = None
+    if need_x:
+        flipped = weight.flip(2, 3).transpose(0, 1).contiguous(memory_format=_layout(padded))
+        gx = F.conv2d(_pad_into(grad, pad), flipped, None, 1, 0, dilation)
+    if need_w:
+        x_swapped = padded.transpose(0, 1).contiguous()
+        g_swapped = grad.transpose(0, 1).contiguous()
+        gw = F.conv2d(x_swapped, g_swapped, None, dilation).transpose(0, 1).contiguous()
+    if need_b:
+        gb = grad.sum(dim=(0, 2, 3))
+    return gx, gw, gb
+
+
 def _swapped_backward(opts, x: torch.Tensor, weight: torch.Tensor, pad: int, dilation: int) -> bool:
     """Whether `_CircularConv2d`'s backward of the whole lattice uses
-    `conv_gemm._swapped_conv_backward` (``swapped_backward``): on the CPU, for an odd square
+    `_swapped_conv_backward` (``swapped_backward``): on the CPU, for an odd square
     kernel with "same" padding, at most ``SWAPPED_BACKWARD_MAX`` output sites per batch."""
     k = weight.shape[-1]
     return (
