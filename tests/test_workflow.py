@@ -58,7 +58,7 @@ def planned_commands(text: str) -> dict[str, str]:
     """output model.pt -> its shell command, from `snakemake -n -p` output."""
     commands = {}
     for block in re.split(r"\n(?=\[[A-Z][a-z]{2} )", text):
-        out = re.search(r"output: (\S+/model\.pt)", block)
+        out = re.search(r"output: (\S+/(?:model\.pt|chain\.npz))", block)
         cmd = re.search(r"Shell command: (.*)", block)
         if out and cmd:
             commands[out.group(1).rstrip(",")] = cmd.group(1)
@@ -254,8 +254,8 @@ def test_each_run_trains_its_steps_amp_steps_then_steps_by_estimator(tmp_path):
 
 
 def planned_priorities(tmp_path: Path, edit, name: str) -> dict[str, int]:
-    """model.pt of each training job or stage -> its priority, in a dry run (2 cores) of the
-    tiny config as `edit` changes it."""
+    """model.pt of each training job or stage, chain.npz of each chain's sampling job -> its
+    priority, in a dry run (2 cores) of the tiny config as `edit` changes it."""
     result = snakemake(
         "-n", "--cores", "2", "--configfile", str(bad_config(tmp_path, edit)),
         workdir=tmp_path / name,
@@ -264,7 +264,7 @@ def planned_priorities(tmp_path: Path, edit, name: str) -> dict[str, int]:
     assert result.returncode == 0, text[-3000:]
     found = {}
     for block in re.split(r"\n(?=\[[A-Z][a-z]{2} )", text):
-        out = re.search(r"output: (\S+/model\.pt)", block)
+        out = re.search(r"output: (\S+/(?:model\.pt|chain\.npz))", block)
         if out:
             prio = re.search(r"priority: (\d+)", block)
             found[out.group(1).rstrip(",")] = int(prio.group(1)) if prio else 0
@@ -284,11 +284,14 @@ def test_the_longest_training_chain_is_scheduled_first(tmp_path):
         )
 
     prio = planned_priorities(tmp_path, edit, "work")
+    chains = {k: prio.pop(k) for k in list(prio) if k.endswith("chain.npz")}
     parent = "results/runs/train/main/L4-reinforce-fp32-s1/model.pt"
     child = [k for k in prio if k.startswith("results/runs/train/large/")]
     assert prio[parent] == 100 and len(child) == 1
     others = [v for k, v in prio.items() if k != parent and k not in child]
     assert others and 0 < max(others) < prio[child[0]] < prio[parent]
+    # the chains (Figs. 3 and 5) come after every training job, before all else (priority 0)
+    assert len(chains) == 2 and 0 < max(chains.values()) < min(prio.values())
 
     def staged(cfg):
         edit(cfg)

@@ -134,10 +134,15 @@ def stage_init_input(wildcards):
 # Scheduling: Snakemake starts the ready job of highest priority first. A training job's
 # priority is the work on the longest chain of training jobs it starts (itself, then the
 # stages and runs warm-started from it, transitively), as steps x batch x L^2, scaled to
-# 1..100; every other job has priority 0. So the chain L = 4 parent -> L = 8 run, the
-# critical path of `make paper`, starts first and its next link starts as soon as it can,
-# before the short side runs and the snapshots' acceptance jobs (which had delayed the
-# parent by 3 min and the L = 8 run by 36 s; benchmarks/RESULTS.md, session 10).
+# 2..100; a chain's sampling job (rule sample) has priority 1 (SAMPLE_PRIORITY); every other
+# job has priority 0. So the chain L = 4 parent -> L = 8 run -> Fig. 5's chain, the critical
+# path of `make paper`, starts first and its next link starts as soon as it can, before the
+# short side runs and the snapshots' acceptance jobs (which had delayed the parent by 3 min
+# and the L = 8 run by 36 s; benchmarks/RESULTS.md, session 10) and before the 0-priority
+# acceptance and measurement jobs (which had delayed Fig. 5's chain by 5.5 min; session 13).
+
+#: priority of a chain's sampling job: below every training job, above every other job
+SAMPLE_PRIORITY = 1
 
 
 def _work(steps, batch_size, n_batches, L):
@@ -176,7 +181,7 @@ def _chain_priority(work):
         for group in GROUP_FIGURES
         for _, est, a, s in train_runs(group)
     )
-    return max(1, round(100 * work / max(longest, 1)))
+    return max(SAMPLE_PRIORITY + 1, round(100 * work / max(longest, 1)))
 
 
 def train_priority(wildcards):

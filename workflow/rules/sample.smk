@@ -18,6 +18,7 @@ rule sample:
     benchmark:
         "results/benchmarks/sample/{fig}.tsv"
     threads: res("sample", "threads")
+    priority: SAMPLE_PRIORITY  # curriculum.smk: after training, before everything else
     resources:
         mem_mb=res("sample", "mem_mb"),
         runtime=res("sample", "runtime"),
