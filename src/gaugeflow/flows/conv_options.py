@@ -66,10 +66,12 @@ class ConvOptions:
 #: largest lattice on which ``gemm_last_small`` applies
 GEMM_SITES_MAX_L = 8
 
-#: most output sites per batch (batch x L x L) for which ``swapped_backward`` applies: up to
-#: there it was 1.1-2.2x faster than oneDNN's backward at 16, 32 and 64 channels, 1 and 2
-#: threads (L = 16, batch 64, 64 channels, 2 threads: 25 -> 20 ms); beyond it (batch 256 at
-#: L = 12 and 16) it was 0.86-1.24x (benchmarks/RESULTS.md, session 13)
+#: most output sites per batch (batch x L x L) for which ``swapped_backward`` applies. Up to
+#: there it was 1.13-2.26x faster than oneDNN's backward at 16, 32 and 64 channels, 1 and 2
+#: threads (L = 16, batch 64, 64 channels, 2 threads: 21.9 -> 18.8 ms). Beyond it (batch 256
+#: at L = 12 and 16) it was 1.03-1.71x with the allocator tuned (gaugeflow.allocator, as the
+#: command line does) but 0.80-1.05x on one thread without (a plain Python caller: its large
+#: transposed copies then come from fresh pages); benchmarks/RESULTS.md, session 13
 SWAPPED_BACKWARD_MAX = 2**15
 
 _OPTIONS = ConvOptions()
