@@ -261,7 +261,7 @@ def test_tap_index_wraps_around_the_torus():
     [(4, 3, 5, 3, 1), (8, 4, 4, 3, 2), (12, 5, 3, 3, 3), (8, 2, 3, 5, 1)],
 )
 def test_swapped_backward_is_the_circular_convolution_gradient(
-    L, c_in, c_out, kernel, dilation, slope
+    L, c_in, c_out, kernel, dilation, slope, monkeypatch
 ):
     """`swapped_backward` (input gradient by the flipped kernel, weight gradient by the
     batch/channel-swapped convolution) against autograd through F.pad(mode='circular') +
@@ -280,25 +280,17 @@ def test_swapped_backward_is_the_circular_convolution_gradient(
     expected = torch.autograd.grad((ref * up).sum(), (x, w, b))
     used = []
     real = conv_ops._swapped_conv_backward
-
-    def spy(*args):
-        used.append(True)
-        return real(*args)
-
+    monkeypatch.setattr(conv_ops, "_swapped_conv_backward", lambda *a: used.append(1) or real(*a))
     for keep_padded in (True, False):
         used.clear()
         with conv_options(all=False, swapped_backward=True, padded_buffer=keep_padded):
-            conv_ops._swapped_conv_backward = spy
-            try:
-                y = conv_ops._CircularConv2d.apply(x, w, b, pad, dilation, slope, None, False)
-                got = torch.autograd.grad((y * up).sum(), (x, w, b))
-            finally:
-                conv_ops._swapped_conv_backward = real
+            y = conv_ops._CircularConv2d.apply(x, w, b, pad, dilation, slope, None, False)
+            got = torch.autograd.grad((y * up).sum(), (x, w, b))
         assert used, "the swapped backward was not taken"
         torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
         for g, e in zip(got, expected, strict=True):
             torch.testing.assert_close(g, e, rtol=0, atol=1e-11)
-    # only the weight (the first layer's features need no gradient): the other grads skipped
+    # only the weight's gradient asked for (an input that needs none, like fixed features)
     xd = x.detach()
     with conv_options(all=False, swapped_backward=True):
         y = conv_ops._CircularConv2d.apply(xd, w, None, pad, dilation, slope, None, False)

@@ -58,7 +58,7 @@ def planned_commands(text: str) -> dict[str, str]:
     """output model.pt -> its shell command, from `snakemake -n -p` output."""
     commands = {}
     for block in re.split(r"\n(?=\[[A-Z][a-z]{2} )", text):
-        out = re.search(r"output: (\S+/(?:model\.pt|chain\.npz))", block)
+        out = re.search(r"output: (\S+/model\.pt)", block)
         cmd = re.search(r"Shell command: (.*)", block)
         if out and cmd:
             commands[out.group(1).rstrip(",")] = cmd.group(1)
