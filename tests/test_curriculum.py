@@ -132,10 +132,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _cosine_stage2(cfg):
+    cfg["training"]["main"]["pretrain"][1]["lr_schedule"] = "cosine"
+
+
+def _cosine_stage2_longer(cfg):
+    _cosine_stage2(cfg)
+    cfg["training"]["main"]["pretrain"][1].update(steps=3)
+
+
 @pytest.mark.workflow
 def test_two_stages_chain_end_to_end_and_rerun_only_what_changed(tmp_path):
     workdir = tmp_path / "work"
-    config = curriculum_config(tmp_path)
+    # stage 2 on a cosine schedule: its learning rates depend on its steps, so resuming its
+    # old state with other steps is refused (gaugeflow train); the rerun below must start over
+    config = curriculum_config(tmp_path, _cosine_stage2)
     target = f"{RUN}/model.pt"
     run = snakemake(target, "--cores", "1", "--configfile", str(config), workdir=workdir)
     logs = "\n".join(p.read_text()[-1500:] for p in (workdir / "results/logs").rglob("*.log"))
@@ -154,11 +165,7 @@ def test_two_stages_chain_end_to_end_and_rerun_only_what_changed(tmp_path):
             assert Path(summary["parent"]["path"]).name == "model.pt"
 
     # a change of stage 2 reruns stage 2 and the run it initialises, not stage 1
-    changed = curriculum_config(
-        tmp_path,
-        lambda cfg: cfg["training"]["main"]["pretrain"][1].update(steps=3),
-        name="changed.yaml",
-    )
+    changed = curriculum_config(tmp_path, _cosine_stage2_longer, name="changed.yaml")
     plan = snakemake(target, "-n", "--cores", "1", "--configfile", str(changed), workdir=workdir)
     text = plan.stdout + plan.stderr
     assert plan.returncode == 0, text[-3000:]
@@ -173,6 +180,10 @@ def test_two_stages_chain_end_to_end_and_rerun_only_what_changed(tmp_path):
     assert _sha256(stage1 / "model.pt") == stage1_sha
     stage2_summary = json.loads((stage2 / "summary.json").read_text())
     assert stage2_summary["step"] == 3
+    # the state records the command that made it (the reset compares it on the next run)
+    state2 = workdir / "results/state/pretrain/main/L4-rt-fp32-s1/stage2"
+    flags = (state2 / "flags.txt").read_text()
+    assert "--steps 3" in flags and "--lr-schedule cosine" in flags
     summary = json.loads((final / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["step"] == 4
     assert summary["parent"]["sha256"] == _sha256(stage2 / "model.pt")

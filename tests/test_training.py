@@ -139,6 +139,38 @@ def test_non_finite_loss_stops_cleanly_with_last_good_checkpoint(tmp_path, monke
     assert len(_metrics(tmp_path / "metrics.csv")) == 7
 
 
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=False)["state_dict"]
+
+
+def test_a_checkpoint_past_the_steps_asked_for_is_refused_and_nothing_is_overwritten(tmp_path):
+    cfg = {**SMALL, "estimator": "reinforce", "steps": 4, "checkpoint_every": 2, "seed": 3}
+    train(cfg, tmp_path)
+    before = (tmp_path / "summary.json").read_text(), (tmp_path / "model.pt").read_bytes()
+    with pytest.raises(UserError, match=r"at step 4, past the 2 steps asked for") as err:
+        train({**cfg, "steps": 2}, tmp_path)
+    assert str(tmp_path / "checkpoints") in str(err.value)
+    # the longer run is not handed back as the shorter one
+    assert ((tmp_path / "summary.json").read_text(), (tmp_path / "model.pt").read_bytes()) == before
+
+
+def test_steps_change_on_resume_extends_a_constant_run_and_refuses_a_cosine_one(tmp_path):
+    base = {**SMALL, "estimator": "rt", "checkpoint_every": 2, "seed": 4}
+    constant = {**base, "lr_schedule": "constant"}
+    train({**constant, "steps": 4}, tmp_path / "extended")
+    train({**constant, "steps": 6}, tmp_path / "extended")
+    train({**constant, "steps": 6}, tmp_path / "fresh")
+    a, b = _weights(tmp_path / "extended/model.pt"), _weights(tmp_path / "fresh/model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len(_metrics(tmp_path / "extended/metrics.csv")) == 6
+
+    # a cosine schedule's learning rates depend on the total: the new run would follow neither
+    train({**base, "steps": 4}, tmp_path / "cosine")
+    with pytest.raises(UserError, match=r"steps = 4 with lr_schedule 'cosine'.*steps = 6"):
+        train({**base, "steps": 6}, tmp_path / "cosine")
+    assert json.loads((tmp_path / "cosine/summary.json").read_text())["step"] == 4
+
+
 def test_amp_on_a_cpu_without_native_bfloat16_says_it_is_slow(monkeypatch, capsys):
     from gaugeflow.training import config as cfg
 

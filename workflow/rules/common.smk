@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shlex
 import shutil
 import sys
 from types import SimpleNamespace

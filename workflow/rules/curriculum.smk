@@ -244,17 +244,25 @@ def init_flag(wildcards, input):
     return f"--init-from {input.init}" if input.get("init") else ""
 
 
-def warm_state_reset(state, init):
-    """Shell: drop resumable state started from another parent model than `init`.
+def warm_state_reset(state, init, flags):
+    """Shell: drop resumable state that another command or another parent model started.
 
-    The state folder keeps a copy of the model it started from (init_from.pt; compared with
-    POSIX `cmp`, no hashing tool needed); state started from scratch has none. A run whose
-    parent changed, appeared or went away starts over.
+    Resuming is for the same run (a killed job, a time limit): the state folder records the
+    training flags that started it (flags.txt) and a copy of the model it started from
+    (init_from.pt; compared with POSIX `cmp`, no hashing tool needed; none from scratch). A
+    run whose flags changed (Snakemake reruns it for changed params: e.g. other steps, which
+    `gaugeflow train` would refuse to resume with a cosine schedule), or whose parent changed,
+    appeared or went away, starts over. State from before flags.txt existed starts over too.
     """
-    copy = f"{state}/init_from.pt"
-    if not init:
-        return f"if [ -f {copy} ]; then rm -rf {state}; fi"
+    stamp, copy = f"{state}/flags.txt", f"{state}/init_from.pt"
+    quoted = shlex.quote(flags)
+    same_flags = f'[ "$(cat {stamp} 2>/dev/null)" = {quoted} ]'
+    if init:
+        same_parent = f"cmp -s {init} {copy}"
+        keep_init = f" && cp {init} {copy}"
+    else:
+        same_parent, keep_init = f"[ ! -f {copy} ]", ""
     return (
-        f"if [ -d {state} ] && ! cmp -s {init} {copy}; then rm -rf {state}; fi"
-        f" && mkdir -p {state} && cp {init} {copy}"
+        f"if [ -d {state} ] && ! ({same_flags} && {same_parent}); then rm -rf {state}; fi"
+        f" && mkdir -p {state} && printf '%s' {quoted} > {stamp}{keep_init}"
     )

@@ -12,7 +12,9 @@ rule pretrain:
     params:
         flags=stage_flags,
         init=init_flag,
-        reset=lambda w, input: warm_state_reset(PRETRAIN_STATE.format(**w), input.get("init")),
+        reset=lambda w, input: warm_state_reset(
+            PRETRAIN_STATE.format(**w), input.get("init"), stage_flags(w)
+        ),
         state=PRETRAIN_STATE,
         time_limit=lambda w, resources: time_limit_seconds(resources.runtime),
     log:

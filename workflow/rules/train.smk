@@ -21,7 +21,9 @@ checkpoint train:
         launch=train_launch,
         ranks=train_rank_flags,
         init=init_flag,
-        reset=lambda w, input: warm_state_reset(STATE_DIR.format(**w), input.get("init")),
+        reset=lambda w, input: warm_state_reset(
+            STATE_DIR.format(**w), input.get("init"), train_flags(w)
+        ),
         time_limit=lambda w, resources: time_limit_seconds(resources.runtime),
     log:
         "results/logs/train/{group}/L{L}-{estimator}-{prec}-s{seed}.log",

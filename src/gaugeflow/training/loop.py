@@ -7,7 +7,9 @@ keeps its resumable state (checkpoints plus the metrics written so far) in
 from the latest checkpoint; a run killed at any point (or stopped by ``time_limit``) and
 resumed ends with the same weights and metrics (bit for bit on CPU) as an uninterrupted run:
 the prior samples come from streams keyed by (seed, step, part), every other state is in the
-checkpoint, and the metrics file is cut back to the checkpoint's step on resume.
+checkpoint, and the metrics file is cut back to the checkpoint's step on resume. Only the keys
+in ``RESUMABLE_CHANGES`` may differ from the checkpoint's config, and ``steps`` only to extend a
+constant-learning-rate run (`_check_resumable_steps`).
 """
 
 from __future__ import annotations
@@ -73,11 +75,38 @@ def _resume_or_init(step: TrainStep, ckpt: Checkpointer, config: dict[str, Any])
         parent = warm_start(step.flow, config["init_from"]) if config["init_from"] else None
         return _Start(0, 0.0, parent, resumed=False)
     ckpt.check_config(state["config"], config)
+    _check_resumable_steps(int(state["step"]), state["config"], config, ckpt)
     step.load_state_dict(state["train_step"])
     restore_rng(state["rng"])
     parent = state.get("parent")
     _warn_if_parent_changed(config["init_from"], parent, ckpt)
     return _Start(int(state["step"]), float(state["wall_time"]), parent, resumed=True)
+
+
+def _check_resumable_steps(
+    at: int, saved: dict[str, Any], config: dict[str, Any], ckpt: Checkpointer
+) -> None:
+    """UserError unless resuming at step `at` can end in the run `config` asks for.
+
+    ``steps`` may change on resume only to extend a run whose learning rate does not depend
+    on it (constant schedule): the result then equals a fresh run of the new length. A
+    checkpoint past the new ``steps`` would hand back a longer run than asked for, and a
+    cosine schedule over another total would follow neither run's learning rates.
+    """
+    old, new = int(saved["steps"]), int(config["steps"])
+    fix = f"use another output folder or delete {ckpt.dir} to start over"
+    if at > new:
+        raise UserError(
+            f"checkpoint {ckpt.latest()} is at step {at}, past the {new} steps asked for: a "
+            f"run cannot be shortened on resume; ask for steps >= {at}, or {fix}"
+        )
+    if old != new and config["lr_schedule"] != "constant":
+        raise UserError(
+            f"checkpoint {ckpt.latest()} was made for steps = {old} with lr_schedule "
+            f"{config['lr_schedule']!r}, whose learning rates depend on the total: resumed "
+            f"with steps = {new} it would follow neither run's schedule; keep steps = {old}, "
+            f"or {fix}"
+        )
 
 
 def _warn_if_parent_changed(init_from: str | None, parent: dict | None, ckpt) -> None:
